@@ -1,0 +1,208 @@
+"""`digitbot`: train, evaluate, predict (and run the bot). Each subcommand imports only what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+log = logging.getLogger("digitbot")
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, no traceback."""
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from recognizer.data import load_mnist
+    from recognizer.train import TrainConfig, train
+
+    options = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "validation_split": args.validation_split,
+        "learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "limit": args.limit,
+        "patience": args.patience,
+        "tensorboard_dir": args.tensorboard,
+    }
+    config = TrainConfig(augment=not args.no_augment, **{k: v for k, v in options.items() if v is not None})
+    command = shlex.join(["digitbot", *sys.argv[1:]])
+    card = train(load_mnist(args.mnist_dir), config, args.output, command=command)
+    print(f"test accuracy {card['test']['accuracy']:.4f} - model and card written to {args.output}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import keras
+
+    from recognizer.classify import DEFAULT_MODEL
+    from recognizer.data import load_mnist, to_model_input
+    from recognizer.evaluate import evaluate_arrays, write_report
+    from recognizer.train import load_model_card
+
+    model_path = Path(args.model or DEFAULT_MODEL)
+    if not model_path.is_file():
+        raise UserError(f"no model at {model_path}; train one with `digitbot train` or pass --model")
+    mnist = load_mnist(args.mnist_dir)
+    x = to_model_input(mnist.x_test)
+    model = keras.models.load_model(model_path, compile=False)
+    evaluation = evaluate_arrays(model, x, mnist.y_test)
+    print(f"model     {model_path}")
+    print(f"accuracy  {evaluation.accuracy:.4f} ({evaluation.count_correct}/{len(x)})")
+    print(f"loss      {evaluation.loss:.4f}")
+    print("digit  precision  recall  support")
+    for digit, row in evaluation.per_class().items():
+        print(f"{digit:>5}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['support']:7d}")
+    if args.report_dir:
+        card = load_model_card(model_path)
+        for path in write_report(evaluation, x, Path(args.report_dir), card and card.get("history")):
+            print(f"wrote {path}")
+    if args.json:
+        result = evaluation.as_dict()
+        print(json.dumps({"model": str(model_path), **result}))
+    return 0
+
+
+def _image_files(paths: list[Path]) -> list[Path]:
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        else:
+            files.append(path)
+    return files
+
+
+def _describe(reading) -> str:
+    if reading.status == "no_digit":
+        return "no digit found"
+    sure = f"{reading.digits} - {reading.confidence:.0%} sure"
+    return sure if reading.status == "ok" else f"unsure, best guess {sure}"
+
+
+def save_debug_images(out_dir: Path, stem: str, gray, reading) -> None:
+    """What the model saw: the photo with the digit boxes, and the 28x28 inputs side by side (4x)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    photo = Image.fromarray((gray * 255).astype(np.uint8)).convert("RGB")
+    draw = ImageDraw.Draw(photo)
+    for item in reading.items:
+        x0, y0, x1, y1 = (v * size for v, size in zip(item.box, photo.size * 2, strict=True))
+        draw.rectangle((x0, y0, x1, y1), outline=(255, 0, 0), width=2)
+        draw.text((x0, max(0, y0 - 12)), f"{item.digit} {item.confidence:.0%}", fill=(255, 0, 0))
+    photo.save(out_dir / f"{stem}_boxes.png")
+    if len(reading.inputs):
+        strip = np.hstack(list(reading.inputs))
+        Image.fromarray((strip * 255).astype(np.uint8)).resize(
+            (strip.shape[1] * 4, 112), Image.Resampling.NEAREST
+        ).save(out_dir / f"{stem}_inputs.png")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from recognizer import ImageError, Recognizer
+    from recognizer.images import decode_image
+
+    files = _image_files(args.paths)
+    if not files:
+        raise UserError("no files to read")
+    rec = Recognizer.load(args.model, args.min_confidence)
+    failures = 0
+    for index, path in enumerate(tqdm(files, unit="photo", disable=None if len(files) > 1 else True)):
+        try:
+            gray = decode_image(path)
+            reading = rec.read(gray)
+        except (ImageError, OSError) as exc:
+            failures += 1
+            message = str(exc) if isinstance(exc, ImageError) else exc.strerror or str(exc)
+            result = {"file": str(path), "digits": "", "confidence": 0.0, "status": "error", "error": message}
+            tqdm.write(json.dumps(result) if args.json else f"{path}: error: {message}")
+            continue
+        if args.debug_dir:
+            save_debug_images(args.debug_dir, f"{index:04d}_{path.stem}", gray, reading)
+        tqdm.write(
+            json.dumps({"file": str(path), **reading.as_dict()})
+            if args.json
+            else f"{path}: {_describe(reading)}"
+        )
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="digitbot", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def mnist_dir_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--mnist-dir",
+            help="folder with the four MNIST IDX files (default: $DIGITBOT_MNIST_DIR, "
+            "then ~/.keras/datasets/mnist.npz, then a download)",
+        )
+
+    train = commands.add_parser("train", help="train a model on MNIST and write its model card")
+    mnist_dir_option(train)
+    train.add_argument(
+        "--output", type=Path, default=Path("models/digitbot.keras"), help="the .keras file to write"
+    )
+    # Defaults live in recognizer.train.TrainConfig; they are repeated in the help only.
+    train.add_argument("--epochs", type=int, help="passes over the training data (30)")
+    train.add_argument("--batch-size", type=int, help="images per step (128)")
+    train.add_argument("--validation-split", type=float, help="fraction held out to choose the epoch (0.1)")
+    train.add_argument(
+        "--learning-rate", type=float, help="peak learning rate of the cosine schedule (0.002)"
+    )
+    train.add_argument("--seed", type=int, help="random seed for split, shuffling and augmentation (42)")
+    train.add_argument("--limit", type=int, help="train on the first N training images only")
+    train.add_argument("--patience", type=int, help="early stopping patience in epochs (10)")
+    train.add_argument("--no-augment", action="store_true", help="train on the images as they are")
+    train.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard logs to DIR")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="test accuracy, per-class metrics and plots")
+    mnist_dir_option(evaluate)
+    evaluate.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    evaluate.add_argument("--report-dir", type=Path, help="write PNG plots to this folder")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="read the digits in photos (files or folders)")
+    predict.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    predict.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict.add_argument("--debug-dir", type=Path, help="save the boxes and the 28x28 inputs as PNG here")
+    predict.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.7,
+        help="below this a digit is reported as unsure (default 0.7)",
+    )
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from recognizer.data import DataError
+
+    try:
+        return args.func(args)
+    except (UserError, DataError) as exc:
+        print(f"digitbot: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Fast, thread-safe classification of 28x28 digit images with a loaded model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from recognizer.images import decode_image
+from recognizer.preprocess import find_digits
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "digitbot.keras"
+MIN_CONFIDENCE = 0.7  # below this a digit is "unsure"; see bench/photos.py for the error/reject trade-off
+
+
+@dataclass(frozen=True)
+class Prediction:
+    digit: int
+    confidence: float
+    probabilities: tuple[float, ...]  # 10 values, index = digit
+
+    def top(self, k: int = 3) -> list[tuple[int, float]]:
+        order = np.argsort(self.probabilities)[::-1][:k]
+        return [(int(d), float(self.probabilities[d])) for d in order]
+
+
+@dataclass(frozen=True)
+class DigitReading(Prediction):
+    box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # x0, y0, x1, y1, fractions of the image
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What was read from one image. status: "ok", "unsure" (some digit below the threshold; `digits` is
+    then the best guess) or "no_digit"."""
+
+    digits: str
+    confidence: float  # the chance that the whole string is right: the product of the digits' confidences
+    status: str
+    items: list[DigitReading]
+    inputs: np.ndarray  # float32 (N, 28, 28): what the model saw, left to right
+    dark_ink: bool = True
+
+    def as_dict(self) -> dict:
+        return {
+            "digits": self.digits,
+            "confidence": round(self.confidence, 4),
+            "status": self.status,
+            "items": [
+                {
+                    "digit": d.digit,
+                    "confidence": round(d.confidence, 4),
+                    "box": [round(v, 4) for v in d.box],
+                    "top3": [[digit, round(p, 4)] for digit, p in d.top(3)],
+                }
+                for d in self.items
+            ],
+        }
+
+
+class Recognizer:
+    """A loaded model behind one compiled call; safe to share between threads."""
+
+    def __init__(self, model: keras.Model, path: Path | None = None, min_confidence: float = MIN_CONFIDENCE):
+        self.model = model
+        self.path = path
+        self.min_confidence = min_confidence
+        # One traced graph for any batch size: a single image costs a fraction of a millisecond,
+        # where model.predict spends tens of ms setting up its data pipeline.
+        self._call = tf.function(
+            lambda x: model(x, training=False),
+            input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)],
+        )
+        self._call(tf.zeros([1, 28, 28, 1]))  # trace now, under one thread, not on the first request
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, min_confidence: float = MIN_CONFIDENCE) -> Recognizer:
+        """Load a .keras model; the shipped default model when `path` is None."""
+        path = Path(path) if path else DEFAULT_MODEL
+        return cls(keras.models.load_model(path, compile=False), path, min_confidence)
+
+    def probabilities(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """(N, 28, 28[, 1]) floats in [0, 1] -> (N, 10) probabilities."""
+        x = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28, 1)
+        if len(x) <= batch_size:
+            return self._call(x).numpy()
+        return np.concatenate(
+            [self._call(x[i : i + batch_size]).numpy() for i in range(0, len(x), batch_size)]
+        )
+
+    def classify(self, images: np.ndarray) -> Prediction | list[Prediction]:
+        """One 28x28 image -> a Prediction; a batch (N, 28, 28[, 1]) -> a list of them."""
+        images = np.asarray(images)
+        single = images.shape in ((28, 28), (28, 28, 1))
+        if not single and (images.ndim not in (3, 4) or images.shape[1:3] != (28, 28)):
+            raise ValueError(f"expected a 28x28 image or a batch (N, 28, 28[, 1]), got shape {images.shape}")
+        probabilities = self.probabilities(images)
+        predictions = [
+            Prediction(int(p.argmax()), float(p.max()), tuple(float(v) for v in p)) for p in probabilities
+        ]
+        return predictions[0] if single else predictions
+
+    def read(self, image: bytes | str | Path | np.ndarray) -> Reading:
+        """A photo (bytes, a path, or a gray (H, W) array in [0, 1]) -> the digits written in it.
+
+        Raises recognizer.images.ImageError for input that is not a readable image."""
+        gray = image if isinstance(image, np.ndarray) else decode_image(image)
+        segmentation = find_digits(gray)
+        if not segmentation.crops:
+            return Reading("", 0.0, "no_digit", [], np.zeros((0, 28, 28), np.float32), segmentation.dark_ink)
+        inputs = np.stack([crop.image for crop in segmentation.crops])
+        items = [
+            DigitReading(p.digit, p.confidence, p.probabilities, crop.box)
+            for p, crop in zip(self.classify(inputs), segmentation.crops, strict=True)
+        ]
+        confident = all(item.confidence >= self.min_confidence for item in items)
+        return Reading(
+            digits="".join(str(item.digit) for item in items),
+            confidence=float(np.prod([item.confidence for item in items])),
+            status="ok" if confident else "unsure",
+            items=items,
+            inputs=inputs,
+            dark_ink=segmentation.dark_ink,
+        )

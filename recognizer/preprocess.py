@@ -1,0 +1,211 @@
+"""Photo -> MNIST-style 28x28 inputs, following how MNIST itself was made.
+
+gray image -> remove illumination -> ink polarity -> binarize -> drop paper lines, frame edges, specks
+-> group strokes into digits (left to right) -> per digit: normalise stroke width, fit a 20x20 box
+keeping the aspect ratio, anti-alias, centre by centre of mass in 28x28
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+MNIST_STROKE = 2.85  # median stroke width of MNIST digits in 28x28 pixels, measured with stroke_width()
+MAX_DIGITS = 8  # more separate marks than this is a page of text or a texture, not a number
+MIN_INK_CONTRAST = 0.08  # ink at least this much darker (or lighter) than the paper, in [0, 1] gray levels
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class DigitCrop:
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the image width and height
+    image: np.ndarray  # float32 (28, 28) in [0, 1], white ink on black: the model's input
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    crops: list[DigitCrop]  # left to right
+    ink: np.ndarray  # float32 (H, W) soft ink map the crops were cut from
+    dark_ink: bool  # True for dark ink on light paper
+
+
+def _half(gray: np.ndarray) -> np.ndarray:
+    """2x2 block means: a quarter of the pixels to filter, and half the sensor noise."""
+    h, w = (gray.shape[0] // 2) * 2, (gray.shape[1] // 2) * 2
+    return gray[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+
+def _resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize(shape[::-1], Image.BILINEAR))
+
+
+def has_dark_ink(coarse: np.ndarray) -> bool:
+    """Ink is the minority: compared with the paper around it (block medians), the heavier tail is ink.
+
+    Local, so that a shadow over half the page does not decide; edges add to both tails alike."""
+    block = max(2, max(coarse.shape) // 24)
+    gh, gw = max(1, coarse.shape[0] // block), max(1, coarse.shape[1] // block)
+    cells = (
+        coarse[: gh * block, : gw * block].reshape(gh, block, gw, block).swapaxes(1, 2).reshape(gh, gw, -1)
+    )
+    paper = ndimage.median_filter(np.median(cells, axis=2), size=3, mode="nearest")
+    darker, lighter = np.percentile(coarse - _resize(paper, coarse.shape), [0.3, 99.7])
+    return -darker >= lighter
+
+
+def remove_background(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """Ink contrast: how much darker (or lighter) than the paper around it each pixel is, >= 0.
+
+    The paper is a grey closing (opening for light ink) with a window wider than any stroke: it erases
+    strokes but keeps uneven light, shadow edges and gradients, which the subtraction then removes."""
+    coarse = _half(gray)
+    window = max(3, max(coarse.shape) // 10)
+    if dark_ink:
+        paper = ndimage.grey_closing(coarse, size=(window, window), mode="nearest")
+    else:
+        paper = ndimage.grey_opening(coarse, size=(window, window), mode="nearest")
+    paper = _resize(paper, gray.shape)
+    return np.maximum(paper - gray if dark_ink else gray - paper, 0.0)
+
+
+def ink_map(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """-> (soft ink in [0, 1], binary ink mask without paper lines, dark_ink)."""
+    dark_ink = has_dark_ink(_half(gray))
+    ink = remove_background(gray, dark_ink)
+    sample = ink[::2, ::2]
+    # Most pixels are paper: their level and spread are the noise (sensor, JPEG, grain) ink must rise above.
+    typical = np.median(sample)
+    floor = max(typical + 6.0 * 1.4826 * np.median(np.abs(sample - typical)), MIN_INK_CONTRAST / 2)
+    candidates = remove_lines(ink > floor)
+    strong = ink[candidates]
+    full = np.percentile(strong, 90) if strong.size else 0.0  # the contrast of a solid stroke
+    if full < MIN_INK_CONTRAST:
+        return np.zeros_like(ink), np.zeros(ink.shape, bool), dark_ink
+    return np.clip(ink / full, 0.0, 1.0), candidates & (ink > 0.4 * full), dark_ink
+
+
+def remove_lines(mask: np.ndarray) -> np.ndarray:
+    """Drop ruled or squared paper lines: thin ink runs spanning most of the image.
+
+    A morphological opening by a long line, done with two O(N) running means per direction.
+    """
+    cleaned = mask.copy()
+    for axis in (0, 1):
+        length = mask.shape[axis]
+        run = max(8, length // 4)
+        inside = ndimage.uniform_filter1d(mask.astype(np.float32), run, axis=axis) > 0.99
+        line = ndimage.uniform_filter1d(inside.astype(np.float32), run, axis=axis) > 0.01
+        labels, _ = ndimage.label(line)
+        for index, where in enumerate(ndimage.find_objects(labels), start=1):
+            along, across = (
+                (where[axis].stop - where[axis].start),
+                (where[1 - axis].stop - where[1 - axis].start),
+            )
+            if along >= 0.5 * length and across <= 0.03 * mask.shape[1 - axis] + 2:
+                cleaned[where][labels[where] == index] = False
+    if cleaned.sum() < mask.sum():  # re-join strokes that a removed line crossed
+        cleaned |= ndimage.binary_closing(cleaned, iterations=2) & mask
+    return cleaned
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width of a binary shape: a strip w wide and L long has area wL and ~2L edge pixels."""
+    edge = mask & ~ndimage.binary_erosion(mask)
+    return 2.0 * mask.sum() / max(int(edge.sum()), 1)
+
+
+def _merge(group: list, part: list) -> None:
+    group[0], group[1] = min(group[0], part[0]), max(group[1], part[1])
+    group[2], group[3] = min(group[2], part[2]), max(group[3], part[3])
+    group[4] += part[4]
+
+
+def _digit_groups(mask: np.ndarray) -> list[np.ndarray]:
+    """Connected strokes -> one boolean mask per digit, left to right."""
+    labels, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    if count == 0:
+        return []
+    h, w = mask.shape
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    parts = []
+    for index, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
+        touches_border = rows.start == 0 or cols.start == 0 or rows.stop == h or cols.stop == w
+        spans = (rows.stop - rows.start) > 0.5 * h or (cols.stop - cols.start) > 0.5 * w
+        if touches_border and spans:  # a table edge, the frame of a screenshot, a page border
+            continue
+        if areas[index - 1] < max(6, 0.03 * areas.max()):  # specks and dust
+            continue
+        parts.append([cols.start, cols.stop, rows.start, rows.stop, [index]])
+    parts.sort(key=lambda p: p[0])
+    groups: list[list] = []
+    for part in parts:  # strokes overlapping in x are one digit (a 5's detached bar, a 4 in two strokes)
+        for group in groups:
+            overlap = min(group[1], part[1]) - max(group[0], part[0])
+            vertical_gap = max(group[2], part[2]) - min(group[3], part[3])
+            tallest = max(group[3] - group[2], part[3] - part[2])
+            if overlap >= 0.5 * min(group[1] - group[0], part[1] - part[0]) and vertical_gap < 0.5 * tallest:
+                _merge(group, part)
+                break
+        else:
+            groups.append(part)
+    if not groups:
+        return []
+    tallest = max(g[3] - g[2] for g in groups)
+    # A short fragment right beside a digit belongs to it: a 4's detached left stroke, a 7's loose bar.
+    for fragment in sorted(groups, key=lambda g: g[3] - g[2]):
+        if fragment[3] - fragment[2] >= 0.6 * tallest or len(groups) == 1:
+            break
+        others = [g for g in groups if g is not fragment]
+        nearest = min(others, key=lambda g: max(g[0] - fragment[1], fragment[0] - g[1]))
+        if max(nearest[0] - fragment[1], fragment[0] - nearest[1]) < 0.2 * tallest:
+            _merge(nearest, fragment)
+            groups.remove(fragment)
+    groups = [g for g in groups if g[3] - g[2] >= 0.4 * tallest]  # dots, dashes, underlines
+    if len(groups) > MAX_DIGITS:
+        return []
+    return [np.isin(labels, g[4]) for g in sorted(groups, key=lambda g: g[0])]
+
+
+def to_mnist(digit: np.ndarray) -> np.ndarray:
+    """A boolean mask of one digit -> float32 (28, 28): stroke width normalised, fit into 20x20 keeping the
+    aspect ratio, anti-aliased by area averaging, and centred by its centre of mass, as MNIST was made."""
+    rows, cols = ndimage.find_objects(digit.astype(np.int8))[0]
+    digit = digit[rows, cols]
+    scale = 20.0 / max(digit.shape)
+    wanted = MNIST_STROKE / scale  # the stroke width, in crop pixels, that becomes MNIST's after scaling
+    width = stroke_width(digit)
+    pad = int(np.ceil(wanted)) + 2
+    digit = np.pad(digit, pad)
+    if width < 0.75 * wanted:
+        digit = ndimage.distance_transform_edt(~digit) <= (wanted - width) / 2
+    elif width > 1.5 * wanted:
+        thinner = ndimage.distance_transform_edt(digit) > (width - wanted) / 2
+        digit = thinner if thinner.sum() > 0.2 * digit.sum() else digit
+    rows, cols = ndimage.find_objects(digit.astype(np.int8))[0]
+    digit = digit[rows, cols]
+    height, width_px = digit.shape
+    size = (max(1, round(width_px * 20 / max(digit.shape))), max(1, round(height * 20 / max(digit.shape))))
+    resample = Image.Resampling.BOX if max(digit.shape) > 20 else Image.Resampling.BILINEAR
+    small = np.asarray(Image.fromarray(digit.astype(np.float32), mode="F").resize(size, resample))
+    canvas = np.zeros((28, 28), np.float32)
+    top, left = (28 - small.shape[0]) // 2, (28 - small.shape[1]) // 2
+    canvas[top : top + small.shape[0], left : left + small.shape[1]] = small
+    cy, cx = ndimage.center_of_mass(canvas)
+    shift_y = int(np.clip(round(14 - cy), -top, 28 - top - small.shape[0]))
+    shift_x = int(np.clip(round(14 - cx), -left, 28 - left - small.shape[1]))
+    return np.clip(np.roll(canvas, (shift_y, shift_x), axis=(0, 1)), 0.0, 1.0)
+
+
+def find_digits(gray: np.ndarray) -> Segmentation:
+    """Gray image (H, W) in [0, 1] -> the digits in it as MNIST-style inputs, left to right."""
+    soft, mask, dark_ink = ink_map(gray)
+    h, w = mask.shape
+    crops = []
+    for digit in _digit_groups(mask):
+        ys, xs = np.nonzero(digit)
+        box = (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
+        crops.append(DigitCrop(box=box, image=to_mnist(digit)))
+    return Segmentation(crops=crops, ink=soft, dark_ink=dark_ink)

@@ -1,0 +1,95 @@
+"""Decoding: every format a user may send, and every way a file can be bad."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from recognizer.images import MAX_PIXELS, WORK_SIZE, ImageError, decode_image
+from tests.photos import digit_on_paper, encode
+
+
+@pytest.fixture(scope="module")
+def seven(mnist):
+    return digit_on_paper(mnist, index=0)  # MNIST test image 0 is a 7
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
+def test_common_formats_decode_alike(seven, fmt):
+    gray = decode_image(encode(seven, fmt))
+    reference = np.asarray(seven, np.float32) / 255
+    assert gray.shape == reference.shape and gray.dtype == np.float32
+    assert np.abs(gray - reference).mean() < 0.03
+
+
+def test_gif_uses_the_first_frame(seven):
+    blank = Image.new("L", seven.size, 255)
+    data = encode(seven, "GIF", save_all=True, append_images=[blank])
+    assert decode_image(data).min() < 0.3  # the ink of frame 1, not the blank frame 2
+
+
+def test_rgba_canvas_strokes_are_flattened_onto_white(seven):
+    # A canvas drawing: black strokes, everything else fully transparent (and black underneath).
+    alpha = 255 - np.asarray(seven)
+    rgba = np.zeros((*alpha.shape, 4), np.uint8)
+    rgba[..., 3] = alpha
+    gray = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert gray[0, 0] == pytest.approx(1.0)  # transparent background became white paper
+    assert gray.min() < 0.2
+
+
+def test_palette_with_transparency_and_sixteen_bit(seven):
+    palette = seven.convert("P")
+    palette.info["transparency"] = 255
+    assert decode_image(encode(palette, "PNG"))[0, 0] == pytest.approx(1.0)
+    sixteen = Image.fromarray(np.asarray(seven).astype(np.uint16) * 257)
+    assert sixteen.mode.startswith("I;16")
+    assert np.abs(decode_image(encode(sixteen, "PNG")) - np.asarray(seven) / 255).mean() < 0.01
+
+
+def test_exif_orientation_is_applied(seven):
+    # Stored rotated 90 degrees clockwise with orientation 8: viewers (and we) show it upright.
+    stored = seven.transpose(Image.Transpose.ROTATE_270)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    gray = decode_image(encode(stored.convert("RGB"), "JPEG", exif=exif.tobytes()))
+    assert gray.shape == (seven.height, seven.width)
+    assert np.abs(gray - np.asarray(seven) / 255).mean() < 0.03
+
+
+def test_large_photo_is_downscaled_early(seven):
+    big = seven.resize((6000, 4500))
+    gray = decode_image(encode(big.convert("RGB"), "JPEG", quality=80))
+    assert max(gray.shape) <= WORK_SIZE
+
+
+def test_huge_image_is_refused_clearly():
+    side = int(MAX_PIXELS**0.5) + 100
+    data = encode(Image.new("1", (side, side), 1), "PNG")  # compresses to a few KB: a decompression bomb
+    with pytest.raises(ImageError, match="too large"):
+        decode_image(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"hello, this is a text file renamed .jpg\n", "not an image"),
+        (b"", "empty"),
+        (b"%PDF-1.4\n%\xe2\xe3\n1 0 obj", "not an image"),
+    ],
+)
+def test_non_images_are_refused(tmp_path, data, message):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+    with pytest.raises(ImageError, match=message):
+        decode_image(path)
+
+
+def test_truncated_jpeg_is_refused(seven):
+    data = encode(seven.convert("RGB"), "JPEG")
+    with pytest.raises(ImageError, match="corrupted"):
+        decode_image(data[: len(data) // 3])
+
+
+def test_tiny_image_is_refused():
+    with pytest.raises(ImageError, match="too small"):
+        decode_image(encode(Image.new("L", (3, 3)), "PNG"))

@@ -1,0 +1,112 @@
+import json
+import threading
+
+import keras
+import numpy as np
+import pytest
+
+from bot.cli import main
+from recognizer import Prediction, Recognizer
+from recognizer.evaluate import evaluate_arrays
+from recognizer.model import build_model
+from tests.conftest import MNIST_DIR, ROOT
+
+
+def test_model_contract():
+    model = build_model()
+    out = model(np.zeros((2, 28, 28, 1), np.float32))
+    assert out.shape == (2, 10)
+    np.testing.assert_allclose(np.asarray(out).sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_quick_training_learns(tiny_model, test_images):
+    x, y = test_images
+    evaluation = evaluate_arrays(keras.models.load_model(tiny_model), x, y)
+    assert evaluation.accuracy > 0.6, evaluation.accuracy  # chance is 0.1
+    card = json.loads(tiny_model.with_suffix(".json").read_text())
+    assert card["config"]["limit"] == 3000 and card["epochs_run"] == 3 and card["seed"] == 42
+    assert set(card["data"]["sha256"]) == {f.name for f in MNIST_DIR.iterdir() if "ubyte" in f.name}
+    assert len(card["test"]["per_class_accuracy"]) == 10
+    assert "Per-class accuracy" in tiny_model.with_suffix(".md").read_text()
+
+
+def test_save_load_round_trip_predicts_identically(tiny_model, test_images, tmp_path):
+    x, _ = test_images
+    model = keras.models.load_model(tiny_model)
+    copy = tmp_path / "copy.keras"
+    model.save(copy)
+    np.testing.assert_array_equal(
+        model.predict(x[:200], verbose=0), keras.models.load_model(copy).predict(x[:200], verbose=0)
+    )
+
+
+def test_classify_single_and_batch(tiny_model, test_images):
+    x, _ = test_images
+    rec = Recognizer.load(tiny_model)
+    reference = keras.models.load_model(tiny_model).predict(x[:32], verbose=0)
+    single = rec.classify(x[0, :, :, 0])
+    assert isinstance(single, Prediction)
+    assert single.digit == int(reference[0].argmax())
+    np.testing.assert_allclose(single.probabilities, reference[0], atol=1e-5)
+    assert single.confidence == pytest.approx(max(single.probabilities))
+    batch = rec.classify(x[:32])
+    assert [p.digit for p in batch] == list(reference.argmax(axis=1))
+    assert rec.classify(x[:1, :, :, 0])[0].digit == single.digit  # a batch of one stays a list
+
+
+def test_classify_rejects_wrong_shapes(tiny_model):
+    with pytest.raises(ValueError, match="28x28"):
+        Recognizer.load(tiny_model).classify(np.zeros((32, 32)))
+
+
+def test_classify_is_thread_safe(tiny_model, test_images):
+    x, _ = test_images
+    rec = Recognizer.load(tiny_model)
+    expected = [p.digit for p in rec.classify(x[:64])]
+    results: dict[int, list[int]] = {}
+
+    def worker(k: int) -> None:
+        results[k] = [rec.classify(x[i]).digit for i in range(64)]
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(results[k] == expected for k in range(8))
+
+
+def test_evaluate_json_and_report(tiny_model, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tiny_model),
+                "--mnist-dir",
+                str(MNIST_DIR),
+                "--json",
+                "--report-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"accuracy", "loss", "per_class", "model"} <= result.keys()
+    assert 0.6 < result["accuracy"] <= 1 and result["model"] == str(tiny_model)
+    assert set(result["per_class"]) == {str(d) for d in range(10)}
+    for name in ("confusion_matrix", "sample_predictions", "confident_mistakes", "training_curves"):
+        png = tmp_path / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_shipped_model_reaches_target_with_plain_keras(mnist):
+    """The shipped .keras file, loaded by plain Keras, matches its card and the >= 99.6% target."""
+    path = ROOT / "models" / "digitbot.keras"
+    card = json.loads(path.with_suffix(".json").read_text())
+    model = keras.models.load_model(path)
+    predicted = model.predict(mnist.x_test[..., None].astype("float32") / 255, batch_size=1000, verbose=0)
+    accuracy = float((predicted.argmax(axis=1) == mnist.y_test).mean())
+    assert accuracy >= 0.996
+    assert accuracy == pytest.approx(card["test"]["accuracy"], abs=1e-9)

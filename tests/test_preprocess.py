@@ -1,0 +1,77 @@
+"""The photo pipeline: polarity, paper lines, broken strokes, numbers, blank pages, MNIST-like output."""
+
+import itertools
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from bench.synth import mnist_glyph
+from recognizer.images import decode_image
+from recognizer.preprocess import MNIST_STROKE, find_digits, stroke_width
+from tests.photos import digit_on_paper, encode, synthetic_photo
+
+
+def gray(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, np.float32) / 255
+
+
+def test_crop_is_mnist_like(mnist):
+    crops = find_digits(gray(digit_on_paper(mnist, index=0))).crops
+    assert len(crops) == 1
+    x = crops[0].image
+    assert x.shape == (28, 28) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
+    rows, cols = np.nonzero(x > 0.1)
+    assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 in range(19, 23)  # fits a 20x20 box
+    cy, cx = ndimage.center_of_mass(x)
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1  # centred by centre of mass, as MNIST
+    assert stroke_width(x > 0.5) == pytest.approx(MNIST_STROKE, rel=0.35)
+
+
+def test_polarity_dark_on_light_and_chalk_on_board(mnist):
+    paper = gray(digit_on_paper(mnist))
+    on_paper, on_board = find_digits(paper), find_digits(1.0 - paper)
+    assert on_paper.dark_ink and not on_board.dark_ink
+    np.testing.assert_allclose(on_paper.crops[0].image, on_board.crops[0].image, atol=0.05)
+    chalk = find_digits(decode_image(synthetic_photo(mnist, "3", "chalk", seed=1)))
+    assert not chalk.dark_ink and len(chalk.crops) == 1
+
+
+@pytest.mark.parametrize("variation", ["lined", "squared", "table_edge", "shadow"])
+def test_paper_lines_frame_edges_and_shadows_are_not_digits(mnist, variation):
+    for seed in range(3):
+        crops = find_digits(decode_image(synthetic_photo(mnist, "58", variation, seed))).crops
+        assert len(crops) == 2, (variation, seed)
+
+
+def test_broken_stroke_digit_is_one_digit(mnist):
+    four = mnist_glyph(mnist.x_test[4], 180)  # MNIST test image 4 is a 4
+    gap = four.shape[0] // 2
+    four[gap - 6 : gap + 6] = 0  # break every stroke across the middle
+    assert ndimage.label(four > 0.5)[1] >= 2
+    canvas = np.ones((300, 400), np.float32)
+    canvas[60 : 60 + four.shape[0], 150 : 150 + four.shape[1]] -= 0.9 * four
+    assert len(find_digits(canvas).crops) == 1
+
+
+def test_number_comes_back_left_to_right(mnist):
+    crops = find_digits(decode_image(synthetic_photo(mnist, "2024", "clean", seed=3))).crops
+    assert len(crops) == 4
+    lefts = [c.box[0] for c in crops]
+    assert lefts == sorted(lefts)
+    assert all(c.box[2] <= n.box[0] + 0.01 for c, n in itertools.pairwise(crops))
+
+
+@pytest.mark.parametrize("kind", ["white", "gradient_noise", "lined", "dark_board"])
+def test_blank_pages_have_no_digit(kind):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:480, 0:640] / 640
+    page = {
+        "white": np.full((480, 640), 0.95),
+        "gradient_noise": 0.6 + 0.35 * xx + rng.normal(0, 0.02, (480, 640)),
+        "lined": np.where((np.arange(480) % 40 < 2)[:, None], 0.6, 0.93) * np.ones((1, 640)),
+        "dark_board": 0.2 + 0.05 * yy + rng.normal(0, 0.01, (480, 640)),
+    }[kind]
+    jpeg = encode(Image.fromarray((np.clip(page, 0, 1) * 255).astype(np.uint8)), "JPEG", quality=80)
+    assert find_digits(decode_image(jpeg)).crops == []

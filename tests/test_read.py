@@ -1,0 +1,88 @@
+"""Recognizer.read on real image files with the shipped model, and `digitbot predict`."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bot.cli import main
+from recognizer import Recognizer
+from tests.photos import encode, synthetic_photo
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return Recognizer.load()
+
+
+@pytest.mark.parametrize(
+    ("label", "variation"),
+    [
+        ("7", "clean"),
+        ("2024", "clean"),
+        ("381", "blue_pen"),
+        ("5", "chalk"),
+        ("96", "lined"),
+        ("8", "small_in_big"),
+    ],
+)
+def test_reads_photos(shipped, mnist, label, variation):
+    reading = shipped.read(synthetic_photo(mnist, label, variation, seed=7))
+    assert reading.digits == label
+    assert reading.status == "ok"
+    assert reading.inputs.shape == (len(label), 28, 28)
+    assert len(reading.items) == len(label)
+    assert 0.7 <= reading.confidence <= 1.0
+
+
+def test_blank_page_is_no_digit(shipped):
+    from PIL import Image
+
+    blank = encode(Image.new("RGB", (640, 480), (235, 232, 220)), "JPEG")
+    reading = shipped.read(blank)
+    assert (reading.status, reading.digits, reading.items) == ("no_digit", "", [])
+
+
+def test_unsure_keeps_the_best_guess(mnist):
+    strict = Recognizer.load(min_confidence=1.01)  # nothing is that sure
+    reading = strict.read(synthetic_photo(mnist, "3", "clean", seed=7))
+    assert reading.status == "unsure" and reading.digits == "3"
+    assert reading.items[0].top(3)[0][0] == 3
+
+
+def test_predict_json_contract_and_debug_images(mnist, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a_number.jpg").write_bytes(synthetic_photo(mnist, "52", "clean", seed=2))
+    (folder / "b_blank.png").write_bytes(
+        encode(__import__("PIL.Image").Image.new("L", (300, 200), 240), "PNG")
+    )
+    (folder / "c_notes.jpg").write_text("not an image at all")
+    debug = tmp_path / "debug"
+    code = main(["predict", "--json", "--debug-dir", str(debug), str(folder)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert code == 1  # one file failed, the others were still read
+    assert [line["file"].rsplit("/", 1)[-1] for line in lines] == [
+        "a_number.jpg",
+        "b_blank.png",
+        "c_notes.jpg",
+    ]
+    for line in lines:
+        assert {"file", "digits", "confidence", "status"} <= line.keys()
+    assert (lines[0]["digits"], lines[0]["status"]) == ("52", "ok")
+    assert (lines[1]["digits"], lines[1]["status"]) == ("", "no_digit")
+    assert lines[2]["status"] == "error" and "not an image" in lines[2]["error"]
+    inputs = sorted(debug.glob("*a_number_inputs.png"))
+    assert len(inputs) == 1 and len(list(debug.glob("*_boxes.png"))) == 2
+    from PIL import Image
+
+    assert Image.open(inputs[0]).size == (2 * 28 * 4, 112)
+
+
+def test_predict_plain_output(mnist, tmp_path, capsys):
+    photo = tmp_path / "seven.jpg"
+    photo.write_bytes(synthetic_photo(mnist, "7", "clean", seed=7))
+    assert main(["predict", str(photo)]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"{photo}: 7 - ") and out.endswith("% sure")
+    assert np.isfinite(float(out.rsplit(" - ", 1)[1].split("%")[0]))
