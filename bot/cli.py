@@ -136,6 +136,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from storage.db import database_url, downgrade, make_engine, upgrade
+    from storage.repository import Store
+
+    engine = make_engine(args.database_url or database_url())
+    if args.action == "upgrade":
+        upgrade(engine)
+        print(f"database at the newest schema: {engine.url.render_as_string(hide_password=True)}")
+    elif args.action == "downgrade":
+        downgrade(engine, args.revision)
+        print(f"database downgraded to {args.revision}")
+    else:
+        upgrade(engine)
+        print(f"dropped the stored images of {Store(engine).purge_samples(args.older_than)} predictions")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitbot", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -186,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="below this a digit is reported as unsure (default 0.7)",
     )
     predict.set_defaults(func=cmd_predict)
+
+    db = commands.add_parser("db", help="database schema and retention")
+    db.add_argument("--database-url", help="default: $DIGITBOT_DATABASE_URL, else SQLite in $DIGITBOT_DATA_DIR")
+    db_actions = db.add_subparsers(dest="action", required=True, metavar="ACTION")
+    db_actions.add_parser("upgrade", help="migrate the schema to the newest version (also done at start)")
+    db_down = db_actions.add_parser("downgrade", help="undo migrations down to a revision")
+    db_down.add_argument("revision", help='an Alembic revision id, or "base" for an empty database')
+    db_purge = db_actions.add_parser("purge", help="drop stored images older than N days, keeping counts")
+    db_purge.add_argument("--older-than", type=int, required=True, metavar="DAYS")
+    db.set_defaults(func=cmd_db)
     return parser
 
 
@@ -195,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from recognizer.data import DataError
 
     try:

@@ -4,7 +4,17 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not our log
 
-from recognizer.classify import DEFAULT_MODEL, Prediction, Reading, Recognizer
-from recognizer.images import ImageError
-
 __all__ = ["DEFAULT_MODEL", "ImageError", "Prediction", "Reading", "Recognizer"]
+
+
+def __getattr__(name: str):
+    # Lazy, so that `recognizer.data` or `recognizer.images` alone do not pay TensorFlow's import time.
+    if name == "ImageError":
+        from recognizer.images import ImageError
+
+        return ImageError
+    if name in __all__:
+        from recognizer import classify
+
+        return getattr(classify, name)
+    raise AttributeError(f"module 'recognizer' has no attribute {name!r}")

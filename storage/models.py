@@ -1,0 +1,105 @@
+"""The database schema: users, predictions, feedback, model versions, training runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True)}  # noqa: RUF012 - SQLAlchemy reads it as is
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)  # Telegram user id
+    name: Mapped[str] = mapped_column(String(256), default="")
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    banned: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    predictions: Mapped[list[Prediction]] = relationship(back_populates="user", passive_deletes=True)
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    photo_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    answer_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    file_unique_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    model_version: Mapped[int | None] = mapped_column(Integer)
+    digits: Mapped[str] = mapped_column(String(16), default="")
+    confidence: Mapped[float] = mapped_column(Float, default=0.0)
+    status: Mapped[str] = mapped_column(String(16))  # ok / unsure / no_digit
+    inputs: Mapped[bytes | None] = mapped_column(LargeBinary)  # uint8 (N, 28, 28), None once purged
+    input_count: Mapped[int] = mapped_column(Integer, default=0)
+    photo: Mapped[bytes | None] = mapped_column(LargeBinary)  # only when the settings ask to keep photos
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    user: Mapped[User] = relationship(back_populates="predictions")
+    feedback: Mapped[list[Feedback]] = relationship(back_populates="prediction", passive_deletes=True)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("prediction_id", "user_id", name="one_feedback_per_user"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    digits: Mapped[str] = mapped_column(String(16))  # the right answer
+    confirmed: Mapped[bool] = mapped_column(Boolean)  # True when the user said the prediction was right
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    training_run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id", ondelete="SET NULL"))
+
+    prediction: Mapped[Prediction] = relationship(back_populates="feedback")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    parent_version: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    mnist_accuracy: Mapped[float | None] = mapped_column(Float)
+    feedback_accuracy: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default="candidate")  # candidate/active/rejected/retired
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class TrainingRun(Base):
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trigger: Mapped[str] = mapped_column(String(16))  # schedule / admin / cli
+    requested_by: Mapped[int | None] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running/promoted/rejected/failed
+    candidate_version: Mapped[int | None] = mapped_column(Integer)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    error: Mapped[str] = mapped_column(Text, default="")

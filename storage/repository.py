@@ -1,0 +1,394 @@
+"""Everything the bot and the trainer ask of the database, one transaction per call. No SQL leaks out."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.models import Feedback, ModelVersion, Prediction, TrainingRun, User, utcnow
+
+MODEL_STATUSES = ("candidate", "active", "rejected", "retired")
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    images: np.ndarray  # uint8 (N, 28, 28), white ink on black
+    labels: np.ndarray  # int64 (N,)
+    feedback_ids: list[int]  # the feedback rows these samples came from, one per sample
+    users: np.ndarray  # int64 (N,) who gave each label
+
+
+@dataclass(frozen=True)
+class Stats:
+    predictions: int
+    feedback: int
+    confirmed: int
+    corrected: int
+    live_accuracy: float | None  # share of predictions with feedback that were right
+    per_digit: dict[str, float] = field(default_factory=dict)  # true digit -> accuracy
+    by_version: dict[int, float] = field(default_factory=dict)  # model version -> live accuracy
+    by_day: list[tuple[str, int, float]] = field(default_factory=list)  # (date, feedback count, accuracy)
+
+
+def pack_inputs(inputs: np.ndarray) -> bytes:
+    """float (N, 28, 28) in [0, 1] -> N*784 bytes (uint8), the compact form kept for training."""
+    return (np.clip(np.asarray(inputs, np.float32), 0, 1) * 255).round().astype(np.uint8).tobytes()
+
+
+def unpack_inputs(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, np.uint8).reshape(-1, 28, 28)
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.session = sessionmaker(engine, expire_on_commit=False)
+
+    # --- users ---------------------------------------------------------------------------------------
+    def _touch_user(self, s: Session, user_id: int, name: str | None) -> User:
+        user = s.get(User, user_id)
+        if user is None:
+            user = User(id=user_id, name=name or "")
+            s.add(user)
+        else:
+            user.last_seen = utcnow()
+            if name:
+                user.name = name
+        return user
+
+    def see_user(self, user_id: int, name: str | None = None) -> bool:
+        """Record that the user was seen; return True if they are banned."""
+        with self.session.begin() as s:
+            return self._touch_user(s, user_id, name).banned
+
+    def set_banned(self, user_id: int, banned: bool = True) -> None:
+        with self.session.begin() as s:
+            self._touch_user(s, user_id, None).banned = banned
+
+    def forget_user(self, user_id: int) -> bool:
+        """Delete the user and everything of theirs (predictions, samples, feedback). True if they existed."""
+        with self.session.begin() as s:
+            s.execute(delete(Feedback).where(Feedback.user_id == user_id))
+            s.execute(delete(Prediction).where(Prediction.user_id == user_id))
+            return s.execute(delete(User).where(User.id == user_id)).rowcount > 0
+
+    # --- predictions and feedback ----------------------------------------------------------------------
+    def record_prediction(
+        self,
+        user_id: int,
+        chat_id: int,
+        digits: str,
+        confidence: float,
+        status: str,
+        inputs: np.ndarray,
+        model_version: int | None = None,
+        photo_message_id: int | None = None,
+        file_unique_id: str | None = None,
+        user_name: str | None = None,
+        photo: bytes | None = None,
+    ) -> int:
+        with self.session.begin() as s:
+            self._touch_user(s, user_id, user_name)
+            prediction = Prediction(
+                user_id=user_id,
+                chat_id=chat_id,
+                photo_message_id=photo_message_id,
+                file_unique_id=file_unique_id,
+                model_version=model_version,
+                digits=digits,
+                confidence=confidence,
+                status=status,
+                inputs=pack_inputs(inputs) if len(inputs) else None,
+                input_count=len(inputs),
+                photo=photo,
+            )
+            s.add(prediction)
+            s.flush()
+            return prediction.id
+
+    def set_answer_message(self, prediction_id: int, message_id: int) -> None:
+        with self.session.begin() as s:
+            s.execute(
+                update(Prediction).where(Prediction.id == prediction_id).values(answer_message_id=message_id)
+            )
+
+    def get_prediction(self, prediction_id: int) -> Prediction | None:
+        with self.session() as s:
+            return s.get(Prediction, prediction_id)
+
+    def find_prediction(self, chat_id: int, message_id: int) -> Prediction | None:
+        """The prediction answering (or answered by) this message of the chat."""
+        with self.session() as s:
+            return s.scalars(
+                select(Prediction)
+                .where(Prediction.chat_id == chat_id)
+                .where(
+                    (Prediction.answer_message_id == message_id) | (Prediction.photo_message_id == message_id)
+                )
+                .order_by(Prediction.id.desc())
+            ).first()
+
+    def latest_prediction(self, user_id: int) -> Prediction | None:
+        with self.session() as s:
+            query = select(Prediction).where(Prediction.user_id == user_id).order_by(Prediction.id.desc())
+            return s.scalars(query).first()
+
+    def record_feedback(self, prediction_id: int, user_id: int, digits: str | None) -> Feedback:
+        """The user's answer to a prediction: `digits` is the right answer, None confirms the prediction.
+        One feedback per user and prediction: a later call replaces the earlier one."""
+        with self.session.begin() as s:
+            prediction = s.get(Prediction, prediction_id)
+            if prediction is None:
+                raise KeyError(f"no prediction {prediction_id}")
+            self._touch_user(s, user_id, None)
+            confirmed = digits is None or digits == prediction.digits
+            label = prediction.digits if digits is None else digits
+            feedback = s.scalars(
+                select(Feedback).where(Feedback.prediction_id == prediction_id, Feedback.user_id == user_id)
+            ).first()
+            if feedback is None:
+                feedback = Feedback(
+                    prediction_id=prediction_id, user_id=user_id, digits=label, confirmed=confirmed
+                )
+                s.add(feedback)
+            else:
+                feedback.digits, feedback.confirmed = label, confirmed
+                feedback.created_at, feedback.training_run_id = (
+                    utcnow(),
+                    None,
+                )  # a new label: train on it again
+            s.flush()
+            return feedback
+
+    def count_new_feedback(self) -> int:
+        """Corrections no training run has consumed yet."""
+        with self.session() as s:
+            query = select(func.count(Feedback.id)).where(
+                Feedback.training_run_id.is_(None), ~Feedback.confirmed
+            )
+            return s.scalar(query) or 0
+
+    def training_set(self, max_per_user: int = 200, include_confirmed: bool = True) -> TrainingSet:
+        """Labelled 28x28 samples from feedback: per digit where the answer has as many digits as were
+        seen. Banned users are left out, each user gives at most `max_per_user` samples (their newest),
+        and samples of the same photo or image that disagree on the label are dropped."""
+        with self.session() as s:
+            query = (
+                select(
+                    Feedback.id,
+                    Feedback.user_id,
+                    Feedback.digits,
+                    Feedback.confirmed,
+                    Prediction.inputs,
+                    Prediction.file_unique_id,
+                )
+                .join(Prediction, Feedback.prediction_id == Prediction.id)
+                .join(User, Feedback.user_id == User.id)
+                .where(~User.banned, Prediction.inputs.is_not(None))
+                .where(func.length(Feedback.digits) == Prediction.input_count)
+                .order_by(Feedback.created_at.desc(), Feedback.id.desc())
+            )
+            if not include_confirmed:
+                query = query.where(~Feedback.confirmed)
+            rows = s.execute(query).all()
+        samples = []  # (feedback id, user, image, label, key)
+        for row in rows:
+            images = unpack_inputs(row.inputs)
+            for position, (image, label) in enumerate(zip(images, row.digits, strict=True)):
+                photo_key = f"{row.file_unique_id}:{position}" if row.file_unique_id else None
+                samples.append(
+                    (
+                        row.id,
+                        row.user_id,
+                        image,
+                        int(label),
+                        hashlib.sha1(image.tobytes()).hexdigest(),
+                        photo_key,
+                    )
+                )
+        labels_of = defaultdict(set)
+        for _, _, _, label, image_key, photo_key in samples:
+            labels_of[image_key].add(label)
+            if photo_key:
+                labels_of[photo_key].add(label)
+        taken, per_user = [], defaultdict(int)
+        for sample in samples:
+            _, user, _, _, image_key, photo_key = sample
+            if len(labels_of[image_key]) > 1 or (photo_key and len(labels_of[photo_key]) > 1):
+                continue
+            if per_user[user] >= max_per_user:
+                continue
+            per_user[user] += 1
+            taken.append(sample)
+        if not taken:
+            empty = np.zeros(0, np.int64)
+            return TrainingSet(np.zeros((0, 28, 28), np.uint8), empty, [], empty)
+        return TrainingSet(
+            images=np.stack([t[2] for t in taken]),
+            labels=np.array([t[3] for t in taken], np.int64),
+            feedback_ids=[t[0] for t in taken],
+            users=np.array([t[1] for t in taken], np.int64),
+        )
+
+    def purge_samples(self, older_than_days: int) -> int:
+        """Retention: drop the stored images of predictions older than N days, keeping rows and counts."""
+        cutoff = utcnow() - timedelta(days=older_than_days)
+        with self.session.begin() as s:
+            result = s.execute(
+                update(Prediction)
+                .where(Prediction.created_at < cutoff)
+                .where(Prediction.inputs.is_not(None) | Prediction.photo.is_not(None))
+                .values(inputs=None, photo=None)
+            )
+            return result.rowcount
+
+    # --- stats -----------------------------------------------------------------------------------------
+    def stats(self, user_id: int | None = None) -> Stats:
+        """Counts and live accuracy from feedback, overall or for one user (their predictions)."""
+        with self.session() as s:
+            predictions = select(func.count(Prediction.id))
+            rows_query = select(
+                Prediction.digits,
+                Prediction.model_version,
+                Feedback.digits,
+                Feedback.confirmed,
+                Feedback.created_at,
+            ).join(Feedback, Feedback.prediction_id == Prediction.id)
+            if user_id is not None:
+                predictions = predictions.where(Prediction.user_id == user_id)
+                rows_query = rows_query.where(Prediction.user_id == user_id)
+            n_predictions = s.scalar(predictions) or 0
+            rows = s.execute(rows_query).all()
+        right_by_version, right_by_day = defaultdict(list), defaultdict(list)
+        digit_hits, digit_total = defaultdict(int), defaultdict(int)
+        for predicted, version, truth, confirmed, created in rows:
+            right = confirmed or predicted == truth
+            right_by_version[version].append(right)
+            right_by_day[created.date().isoformat()].append(right)
+            if len(predicted) == len(truth):
+                for p, t in zip(predicted, truth, strict=True):
+                    digit_total[t] += 1
+                    digit_hits[t] += p == t
+        confirmed_count = sum(1 for r in rows if r[3])
+        return Stats(
+            predictions=n_predictions,
+            feedback=len(rows),
+            confirmed=confirmed_count,
+            corrected=len(rows) - confirmed_count,
+            live_accuracy=confirmed_count / len(rows) if rows else None,
+            per_digit={d: digit_hits[d] / digit_total[d] for d in sorted(digit_total)},
+            by_version={v: sum(r) / len(r) for v, r in right_by_version.items() if v is not None},
+            by_day=[(day, len(r), sum(r) / len(r)) for day, r in sorted(right_by_day.items())],
+        )
+
+    # --- model versions --------------------------------------------------------------------------------
+    def add_model_version(
+        self,
+        version: int,
+        path: str,
+        sha256: str,
+        parent_version: int | None = None,
+        mnist_accuracy: float | None = None,
+        feedback_accuracy: float | None = None,
+        status: str = "candidate",
+        note: str = "",
+    ) -> ModelVersion:
+        if status not in MODEL_STATUSES:
+            raise ValueError(f"unknown model status {status!r}")
+        with self.session.begin() as s:
+            model = ModelVersion(
+                version=version,
+                path=path,
+                sha256=sha256,
+                parent_version=parent_version,
+                mnist_accuracy=mnist_accuracy,
+                feedback_accuracy=feedback_accuracy,
+                status="candidate",
+                note=note,
+            )
+            s.add(model)
+            s.flush()
+            if status == "active":
+                self._activate(s, version)
+            else:
+                model.status = status
+            return model
+
+    def next_model_version(self) -> int:
+        with self.session() as s:
+            return (s.scalar(select(func.max(ModelVersion.version))) or 0) + 1
+
+    def _activate(self, s: Session, version: int) -> None:
+        s.execute(update(ModelVersion).where(ModelVersion.status == "active").values(status="retired"))
+        s.execute(update(ModelVersion).where(ModelVersion.version == version).values(status="active"))
+
+    def activate(self, version: int) -> None:
+        """Make `version` the one active model; the previously active one becomes retired."""
+        with self.session.begin() as s:
+            if s.get(ModelVersion, version) is None:
+                raise KeyError(f"no model version {version}")
+            self._activate(s, version)
+
+    def set_model_status(self, version: int, status: str, note: str | None = None) -> None:
+        if status not in MODEL_STATUSES or status == "active":
+            raise ValueError(f"use activate() for 'active'; unknown or invalid status {status!r}")
+        with self.session.begin() as s:
+            values = {"status": status} | ({"note": note} if note is not None else {})
+            s.execute(update(ModelVersion).where(ModelVersion.version == version).values(**values))
+
+    def active_model(self) -> ModelVersion | None:
+        with self.session() as s:
+            return s.scalars(select(ModelVersion).where(ModelVersion.status == "active")).first()
+
+    def model_versions(self) -> list[ModelVersion]:
+        with self.session() as s:
+            return list(s.scalars(select(ModelVersion).order_by(ModelVersion.version)))
+
+    # --- training runs ---------------------------------------------------------------------------------
+    def start_run(self, trigger: str, requested_by: int | None = None) -> int:
+        with self.session.begin() as s:
+            run = TrainingRun(trigger=trigger, requested_by=requested_by)
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: str,
+        metrics: dict | None = None,
+        error: str = "",
+        candidate_version: int | None = None,
+        consumed: list[int] | None = None,
+    ) -> None:
+        """Close a run; the feedback it trained on (`consumed`) is marked with it in the same transaction."""
+        with self.session.begin() as s:
+            run = s.get(TrainingRun, run_id)
+            run.status, run.finished_at, run.error = status, utcnow(), error
+            run.metrics, run.candidate_version = metrics or {}, candidate_version
+            if consumed:
+                s.execute(update(Feedback).where(Feedback.id.in_(consumed)).values(training_run_id=run_id))
+
+    def fail_stale_runs(self, reason: str = "interrupted: the process stopped during the run") -> int:
+        """At start: runs still marked running belong to a process that died; mark them failed."""
+        with self.session.begin() as s:
+            result = s.execute(
+                update(TrainingRun)
+                .where(TrainingRun.status == "running")
+                .values(status="failed", error=reason, finished_at=utcnow())
+            )
+            return result.rowcount
+
+    def last_run(self) -> TrainingRun | None:
+        with self.session() as s:
+            return s.scalars(select(TrainingRun).order_by(TrainingRun.id.desc())).first()
+
+    def last_finished_at(self) -> datetime | None:
+        with self.session() as s:
+            return s.scalar(select(func.max(TrainingRun.finished_at)))

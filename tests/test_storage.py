@@ -1,0 +1,268 @@
+"""Storage against a real SQLite file and the real PostgreSQL server (a fresh schema per test)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import OperationalError
+
+from storage.db import connect, downgrade, upgrade
+from storage.models import Feedback, Prediction, utcnow
+from storage.repository import Store
+
+POSTGRES_URL = os.environ.get("DIGITBOT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_schema_url():
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    try:
+        with admin.connect() as c:
+            c.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL} (set DIGITBOT_TEST_POSTGRES_URL): {exc}")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as c:
+        c.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    return admin, schema, f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'digitbot.sqlite3'}"
+        return
+    admin, schema, url = _postgres_schema_url()
+    yield url
+    with admin.connect() as c:
+        c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture
+def store(db_url):
+    engine = connect(db_url)
+    yield Store(engine)
+    engine.dispose()
+
+
+def inputs(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 28, 28), dtype=np.float32)
+
+
+def predict(store: Store, user: int, digits: str, seed: int = 0, **kwargs) -> int:
+    return store.record_prediction(user_id=user, chat_id=user, digits=digits, confidence=0.9, status="ok",
+                                   inputs=inputs(len(digits), seed), **kwargs)
+
+
+def test_migrations_from_empty_to_head_and_back(db_url):
+    engine = connect(db_url)
+    tables = set(inspect(engine).get_table_names())
+    assert {"users", "predictions", "feedback", "model_versions", "training_runs", "alembic_version"} <= tables
+    with engine.connect() as c:
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+    connect(db_url).dispose()  # a second start finds nothing to do
+    downgrade(engine, "base")
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    upgrade(engine)
+    assert "predictions" in inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
+    engine = connect(f"sqlite:///{tmp_path / 'x.sqlite3'}")
+    with engine.connect() as c:
+        assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert c.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_inputs_round_trip_compactly(store):
+    x = inputs(3)
+    pid = predict(store, 1, "123")
+    stored = store.get_prediction(pid)
+    assert len(stored.inputs) == 3 * 784 and stored.input_count == 3
+    np.testing.assert_allclose(np.frombuffer(stored.inputs, np.uint8).reshape(3, 28, 28) / 255, x, atol=1 / 255)
+
+
+def test_concurrent_writers_lose_nothing(store):
+    errors = []
+
+    def user_session(user: int) -> None:
+        try:
+            for i in range(25):
+                pid = predict(store, user, str(i % 10), seed=i)
+                store.record_feedback(pid, user, None if i % 2 else str((i + 1) % 10))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=user_session, args=(u,)) for u in range(1, 13)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    stats = store.stats()
+    assert (stats.predictions, stats.feedback) == (12 * 25, 12 * 25)
+    assert stats.confirmed == 12 * 12
+
+
+WRITER = """
+import sys
+import numpy as np
+from storage.db import connect
+from storage.repository import Store
+store = Store(connect(sys.argv[1]))
+for i in range(100000):
+    pid = store.record_prediction(user_id=7, chat_id=7, digits="42", confidence=0.5, status="ok",
+                                  inputs=np.zeros((2, 28, 28), np.float32))
+    store.record_feedback(pid, 7, "43")
+    print(pid, flush=True)
+"""
+
+
+def test_killed_writer_leaves_a_consistent_database(db_url):
+    connect(db_url).dispose()
+    child = subprocess.Popen([sys.executable, "-c", WRITER, db_url], stdout=subprocess.PIPE, text=True)
+    committed = []
+    deadline = time.monotonic() + 60
+    while len(committed) < 40 and time.monotonic() < deadline:
+        committed.append(int(child.stdout.readline()))
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    committed += [int(line) for line in child.stdout.read().split()]
+    assert len(committed) >= 40
+    engine = connect(db_url)
+    store = Store(engine)
+    with store.session() as s:
+        ids = set(s.scalars(text("SELECT id FROM predictions")))
+        orphans = s.execute(text("SELECT count(*) FROM feedback f LEFT JOIN predictions p "
+                                 "ON f.prediction_id = p.id WHERE p.id IS NULL")).scalar()
+        if engine.dialect.name == "sqlite":
+            assert s.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+        truncated = s.execute(text("SELECT count(*) FROM predictions WHERE length(inputs) != 2 * 784")).scalar()
+    assert set(committed) <= ids  # every reported commit survived the kill
+    assert len(ids) <= len(committed) + 1  # at most the one in flight, and then whole
+    assert orphans == 0 and truncated == 0
+    assert store.stats().feedback >= len(committed)
+    engine.dispose()
+
+
+def test_latest_feedback_wins(store):
+    pid = predict(store, 1, "7")
+    store.record_feedback(pid, 1, "1")
+    store.record_feedback(pid, 1, "9")
+    store.record_feedback(pid, 2, None)
+    with store.session() as s:
+        rows = {f.user_id: (f.digits, f.confirmed) for f in s.query(Feedback).all()}
+    assert rows == {1: ("9", False), 2: ("7", True)}
+    store.record_feedback(pid, 1, "7")  # changing one's mind to agree with the model is a confirmation
+    assert store.stats().confirmed == 2
+
+
+def test_feedback_on_unknown_prediction_is_an_error(store):
+    with pytest.raises(KeyError):
+        store.record_feedback(12345, 1, "3")
+
+
+def test_training_set_caps_conflicts_bans_and_lengths(store):
+    for i in range(6):  # user 1: six corrections, capped to the newest three
+        store.record_feedback(predict(store, 1, "1", seed=i), 1, "7")
+    store.record_feedback(predict(store, 2, "23", seed=50), 2, "28")  # a number: two samples
+    store.record_feedback(predict(store, 2, "23", seed=51), 2, "238")  # length mismatch: unusable
+    a = predict(store, 3, "5", seed=60, file_unique_id="same-photo")  # one photo, two different labels
+    b = predict(store, 4, "5", seed=61, file_unique_id="same-photo")
+    store.record_feedback(a, 3, "6")
+    store.record_feedback(b, 4, "8")
+    store.record_feedback(predict(store, 5, "0", seed=70), 5, "9")
+    store.set_banned(5)
+    training = store.training_set(max_per_user=3)
+    assert sorted(training.users.tolist()) == [1, 1, 1, 2, 2]
+    assert sorted(training.labels.tolist()) == [2, 7, 7, 7, 8]
+    assert training.images.shape == (5, 28, 28) and training.images.dtype == np.uint8
+    np.testing.assert_array_equal(training.images[training.users == 1][0],
+                                  (inputs(1, seed=5)[0] * 255).round().astype(np.uint8))  # the newest
+
+
+def test_forget_user_removes_everything_of_theirs(store):
+    mine = predict(store, 1, "3")
+    store.record_feedback(mine, 1, "8")
+    store.record_feedback(mine, 2, "3")  # someone else's feedback on my prediction goes too
+    theirs = predict(store, 2, "4")
+    store.record_feedback(theirs, 1, "9")  # my feedback on their prediction goes
+    assert store.forget_user(1)
+    assert store.stats(1).predictions == 0
+    assert store.latest_prediction(1) is None
+    with store.session() as s:
+        assert [(f.user_id, f.prediction_id) for f in s.query(Feedback).all()] == []
+        assert [p.id for p in s.query(Prediction).all()] == [theirs]
+    assert not store.forget_user(1)
+
+
+def test_stats_on_a_known_fixture(store):
+    store.add_model_version(1, "m1.keras", "a" * 64, status="active")
+    p1 = predict(store, 1, "7", model_version=1)
+    p2 = predict(store, 1, "12", model_version=1)
+    p3 = predict(store, 2, "3", model_version=2)
+    predict(store, 2, "5", model_version=2)  # no feedback
+    store.record_feedback(p1, 1, None)  # right
+    store.record_feedback(p2, 1, "17")  # wrong: 1 right, 2 should be 7
+    store.record_feedback(p3, 2, "8")  # wrong
+    overall = store.stats()
+    assert (overall.predictions, overall.feedback, overall.confirmed, overall.corrected) == (4, 3, 1, 2)
+    assert overall.live_accuracy == pytest.approx(1 / 3)
+    assert overall.per_digit == {"1": 1.0, "7": 0.5, "8": 0.0}
+    assert overall.by_version == {1: 0.5, 2: 0.0}
+    assert len(overall.by_day) == 1 and overall.by_day[0][1:] == (3, pytest.approx(1 / 3))
+    mine = store.stats(1)
+    assert (mine.predictions, mine.feedback, mine.live_accuracy) == (2, 2, 0.5)
+
+
+def test_exactly_one_active_model(store):
+    store.add_model_version(1, "v1.keras", "1" * 64, status="active")
+    store.add_model_version(2, "v2.keras", "2" * 64, parent_version=1, mnist_accuracy=0.997)
+    assert store.active_model().version == 1
+    store.activate(2)
+    assert [(m.version, m.status) for m in store.model_versions()] == [(1, "retired"), (2, "active")]
+    store.add_model_version(3, "v3.keras", "3" * 64, status="rejected", note="MNIST dropped 0.5 pp")
+    assert store.active_model().version == 2 and store.next_model_version() == 4
+    with pytest.raises(KeyError):
+        store.activate(99)
+    with pytest.raises(ValueError):
+        store.set_model_status(2, "active")
+
+
+def test_training_runs_consume_feedback_and_stale_runs_fail(store):
+    pid = predict(store, 1, "4")
+    store.record_feedback(pid, 1, "9")
+    assert store.count_new_feedback() == 1
+    run = store.start_run("admin", requested_by=1)
+    store.finish_run(run, "promoted", {"mnist": 0.996}, candidate_version=2,
+                     consumed=store.training_set().feedback_ids)
+    assert store.count_new_feedback() == 0
+    assert store.last_run().metrics == {"mnist": 0.996}
+    store.record_feedback(pid, 1, "7")  # a changed label is new again
+    assert store.count_new_feedback() == 1
+    stale = store.start_run("schedule")
+    assert store.fail_stale_runs() == 1
+    assert store.last_run().id == stale and store.last_run().status == "failed"
+
+
+def test_retention_purges_old_samples_but_keeps_counts(store):
+    old, new = predict(store, 1, "1"), predict(store, 1, "2")
+    store.record_feedback(old, 1, "7")
+    with store.session.begin() as s:
+        s.get(Prediction, old).created_at = utcnow() - timedelta(days=40)
+    assert store.purge_samples(older_than_days=30) == 1
+    assert store.get_prediction(old).inputs is None and store.get_prediction(new).inputs is not None
+    assert store.stats().predictions == 2 and store.stats().feedback == 1
+    assert len(store.training_set().labels) == 0  # the old sample is gone from training
