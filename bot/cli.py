@@ -137,10 +137,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from storage.db import database_url, downgrade, make_engine, upgrade
+    from bot.settings import load_settings
+    from storage.db import downgrade, make_engine, upgrade
     from storage.repository import Store
 
-    engine = make_engine(args.database_url or database_url())
+    engine = make_engine(args.database_url or load_settings().resolved_database_url())
     if args.action == "upgrade":
         upgrade(engine)
         print(f"database at the newest schema: {engine.url.render_as_string(hide_password=True)}")
@@ -150,6 +151,15 @@ def cmd_db(args: argparse.Namespace) -> int:
     else:
         upgrade(engine)
         print(f"dropped the stored images of {Store(engine).purge_samples(args.older_than)} predictions")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bot.app import run
+    from bot.settings import load_settings
+
+    overrides = {"webhook_url": args.webhook} if args.webhook else {}
+    run(load_settings(**overrides))
     return 0
 
 
@@ -204,8 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.set_defaults(func=cmd_predict)
 
+    run = commands.add_parser("run", help="start the Telegram bot (settings from the environment or .env)")
+    run.add_argument(
+        "--webhook",
+        metavar="URL",
+        help="receive updates on a webhook at this public URL "
+        "(also DIGITBOT_WEBHOOK_URL, _PORT, _LISTEN, _SECRET) instead of long polling",
+    )
+    run.set_defaults(func=cmd_run)
+
     db = commands.add_parser("db", help="database schema and retention")
-    db.add_argument("--database-url", help="default: $DIGITBOT_DATABASE_URL, else SQLite in $DIGITBOT_DATA_DIR")
+    db.add_argument(
+        "--database-url", help="default: $DIGITBOT_DATABASE_URL, else SQLite in $DIGITBOT_DATA_DIR"
+    )
     db_actions = db.add_subparsers(dest="action", required=True, metavar="ACTION")
     db_actions.add_parser("upgrade", help="migrate the schema to the newest version (also done at start)")
     db_down = db_actions.add_parser("downgrade", help="undo migrations down to a revision")
@@ -223,11 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    from bot.settings import ConfigError
     from recognizer.data import DataError
 
     try:
         return args.func(args)
-    except (UserError, DataError) as exc:
+    except (UserError, DataError, ConfigError) as exc:
         print(f"digitbot: error: {exc}", file=sys.stderr)
         return 2
 

@@ -113,7 +113,7 @@ def load_mnist(mnist_dir: str | Path | None = None) -> Mnist:
         import keras
 
         keras.datasets.mnist.load_data()  # downloads into the cache
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any download failure becomes the one message below
         raise DataError(
             "MNIST not found. Looked in: --mnist-dir / $DIGITBOT_MNIST_DIR (not set), "
             f"the Keras cache {cache} (absent), and a download (failed: {exc.__class__.__name__}). "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from pathlib import Path
 
@@ -38,10 +39,14 @@ def _open(source: bytes | str | Path) -> Image.Image:
             if width * height > MAX_PIXELS:
                 raise ImageError(f"image is too large ({width}x{height} pixels)")
             return image
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        if isinstance(exc, UnidentifiedImageError):
-            raise ImageError("not an image (or a format we cannot read)") from None
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image (or a format we cannot read)") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise ImageError("image is too large") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:  # a header cut short or mangled
+        raise ImageError(f"corrupted or unsupported image ({exc.__class__.__name__})") from None
 
 
 def _flatten(image: Image.Image) -> Image.Image:

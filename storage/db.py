@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from alembic import command
@@ -14,12 +13,9 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def database_url(data_dir: str | Path | None = None) -> str:
-    """$DIGITBOT_DATABASE_URL, else a SQLite file in the data directory ($DIGITBOT_DATA_DIR or ./data)."""
-    url = os.environ.get("DIGITBOT_DATABASE_URL")
-    if url:
-        return url
-    data_dir = Path(data_dir or os.environ.get("DIGITBOT_DATA_DIR") or "data").expanduser()
+def sqlite_url(data_dir: str | Path) -> str:
+    """The default database: a SQLite file in the data directory."""
+    data_dir = Path(data_dir).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{data_dir / 'digitbot.sqlite3'}"
 
@@ -66,9 +62,9 @@ def downgrade(engine: Engine, revision: str) -> None:
     _migrate(engine, command.downgrade, revision)
 
 
-def connect(url: str | None = None) -> Engine:
-    """An engine for `url` (default: database_url()) with the schema migrated to the newest version."""
-    engine = make_engine(url or database_url())
+def connect(url: str) -> Engine:
+    """An engine for `url` with the schema migrated to the newest version."""
+    engine = make_engine(url)
     upgrade(engine)
     log.info("database ready: %s", engine.url.render_as_string(hide_password=True))
     return engine

@@ -84,10 +84,11 @@ def test_non_images_are_refused(tmp_path, data, message):
         decode_image(path)
 
 
-def test_truncated_jpeg_is_refused(seven):
+@pytest.mark.parametrize("keep", [300, 0.33])  # cut inside the header, or in the image data
+def test_truncated_jpeg_is_refused(seven, keep):
     data = encode(seven.convert("RGB"), "JPEG")
     with pytest.raises(ImageError, match="corrupted"):
-        decode_image(data[: len(data) // 3])
+        decode_image(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
 
 
 def test_tiny_image_is_refused():

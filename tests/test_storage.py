@@ -20,7 +20,9 @@ from storage.db import connect, downgrade, upgrade
 from storage.models import Feedback, Prediction, utcnow
 from storage.repository import Store
 
-POSTGRES_URL = os.environ.get("DIGITBOT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "DIGITBOT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 def _postgres_schema_url():
@@ -61,14 +63,28 @@ def inputs(n: int, seed: int = 0) -> np.ndarray:
 
 
 def predict(store: Store, user: int, digits: str, seed: int = 0, **kwargs) -> int:
-    return store.record_prediction(user_id=user, chat_id=user, digits=digits, confidence=0.9, status="ok",
-                                   inputs=inputs(len(digits), seed), **kwargs)
+    return store.record_prediction(
+        user_id=user,
+        chat_id=user,
+        digits=digits,
+        confidence=0.9,
+        status="ok",
+        inputs=inputs(len(digits), seed),
+        **kwargs,
+    )
 
 
 def test_migrations_from_empty_to_head_and_back(db_url):
     engine = connect(db_url)
     tables = set(inspect(engine).get_table_names())
-    assert {"users", "predictions", "feedback", "model_versions", "training_runs", "alembic_version"} <= tables
+    assert {
+        "users",
+        "predictions",
+        "feedback",
+        "model_versions",
+        "training_runs",
+        "alembic_version",
+    } <= tables
     with engine.connect() as c:
         assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
     connect(db_url).dispose()  # a second start finds nothing to do
@@ -91,7 +107,9 @@ def test_inputs_round_trip_compactly(store):
     pid = predict(store, 1, "123")
     stored = store.get_prediction(pid)
     assert len(stored.inputs) == 3 * 784 and stored.input_count == 3
-    np.testing.assert_allclose(np.frombuffer(stored.inputs, np.uint8).reshape(3, 28, 28) / 255, x, atol=1 / 255)
+    np.testing.assert_allclose(
+        np.frombuffer(stored.inputs, np.uint8).reshape(3, 28, 28) / 255, x, atol=1 / 255
+    )
 
 
 def test_concurrent_writers_lose_nothing(store):
@@ -145,11 +163,17 @@ def test_killed_writer_leaves_a_consistent_database(db_url):
     store = Store(engine)
     with store.session() as s:
         ids = set(s.scalars(text("SELECT id FROM predictions")))
-        orphans = s.execute(text("SELECT count(*) FROM feedback f LEFT JOIN predictions p "
-                                 "ON f.prediction_id = p.id WHERE p.id IS NULL")).scalar()
+        orphans = s.execute(
+            text(
+                "SELECT count(*) FROM feedback f LEFT JOIN predictions p "
+                "ON f.prediction_id = p.id WHERE p.id IS NULL"
+            )
+        ).scalar()
         if engine.dialect.name == "sqlite":
             assert s.execute(text("PRAGMA integrity_check")).scalar() == "ok"
-        truncated = s.execute(text("SELECT count(*) FROM predictions WHERE length(inputs) != 2 * 784")).scalar()
+        truncated = s.execute(
+            text("SELECT count(*) FROM predictions WHERE length(inputs) != 2 * 784")
+        ).scalar()
     assert set(committed) <= ids  # every reported commit survived the kill
     assert len(ids) <= len(committed) + 1  # at most the one in flight, and then whole
     assert orphans == 0 and truncated == 0
@@ -189,8 +213,9 @@ def test_training_set_caps_conflicts_bans_and_lengths(store):
     assert sorted(training.users.tolist()) == [1, 1, 1, 2, 2]
     assert sorted(training.labels.tolist()) == [2, 7, 7, 7, 8]
     assert training.images.shape == (5, 28, 28) and training.images.dtype == np.uint8
-    np.testing.assert_array_equal(training.images[training.users == 1][0],
-                                  (inputs(1, seed=5)[0] * 255).round().astype(np.uint8))  # the newest
+    np.testing.assert_array_equal(
+        training.images[training.users == 1][0], (inputs(1, seed=5)[0] * 255).round().astype(np.uint8)
+    )  # the newest
 
 
 def test_forget_user_removes_everything_of_theirs(store):
@@ -246,8 +271,9 @@ def test_training_runs_consume_feedback_and_stale_runs_fail(store):
     store.record_feedback(pid, 1, "9")
     assert store.count_new_feedback() == 1
     run = store.start_run("admin", requested_by=1)
-    store.finish_run(run, "promoted", {"mnist": 0.996}, candidate_version=2,
-                     consumed=store.training_set().feedback_ids)
+    store.finish_run(
+        run, "promoted", {"mnist": 0.996}, candidate_version=2, consumed=store.training_set().feedback_ids
+    )
     assert store.count_new_feedback() == 0
     assert store.last_run().metrics == {"mnist": 0.996}
     store.record_feedback(pid, 1, "7")  # a changed label is new again

@@ -1,0 +1,150 @@
+"""Wiring: settings -> database -> model -> python-telegram-bot Application, and `digitbot run`."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+
+from telegram import BotCommand, BotCommandScopeChat, BotCommandScopeDefault, Update
+from telegram.error import TelegramError
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from bot import handlers
+from bot.handlers import Services
+from bot.model_store import install_shipped_model, load_active
+from bot.settings import Settings
+from storage.db import connect
+from storage.repository import Store
+
+log = logging.getLogger(__name__)
+
+
+class RedactToken(logging.Filter):
+    """python-telegram-bot and httpx log request URLs, which contain the token: replace it everywhere."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.token in message:
+            record.msg, record.args = message.replace(self.token, "<token>"), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text and self.token in record.exc_text:
+            record.exc_text = record.exc_text.replace(self.token, "<token>")
+        return True
+
+
+def redact_token_in_logs(token: str) -> None:
+    redactor = RedactToken(token)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redactor)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise, even redacted
+
+
+def add_handlers(application: Application) -> None:
+    image_document = filters.Document.IMAGE
+    application.add_handler(CommandHandler(["start", "help"], handlers.on_start))
+    application.add_handler(MessageHandler(filters.PHOTO | image_document, handlers.on_photo))
+    application.add_handler(CommandHandler("correct", handlers.on_correct))
+    application.add_handler(CommandHandler("stats", handlers.on_stats))
+    application.add_handler(CommandHandler("forget", handlers.on_forget))
+    application.add_handler(CommandHandler("retrain", handlers.on_retrain))
+    application.add_handler(CommandHandler("models", handlers.on_models))
+    application.add_handler(CommandHandler("rollback", handlers.on_rollback))
+    application.add_handler(CommandHandler("ban", handlers.on_ban))
+    application.add_handler(CallbackQueryHandler(handlers.on_feedback_button, pattern=r"^fb:\d+:(ok|\d)$"))
+    application.add_handler(CallbackQueryHandler(handlers.on_forget_button, pattern=r"^forget:(yes|no)$"))
+    not_images = (
+        filters.Sticker.ALL
+        | filters.VIDEO
+        | filters.VOICE
+        | filters.AUDIO
+        | filters.ANIMATION
+        | filters.VIDEO_NOTE
+        | (filters.Document.ALL & ~image_document)
+    )
+    application.add_handler(MessageHandler(not_images, handlers.on_not_an_image))
+    application.add_error_handler(handlers.on_error)
+
+
+async def set_command_menus(application: Application) -> None:
+    """Everyone sees the user commands; admins, in their own chats, the admin commands too."""
+    user_commands = [BotCommand(*c) for c in handlers.USER_COMMANDS]
+    await application.bot.set_my_commands(user_commands, scope=BotCommandScopeDefault())
+    admin_commands = user_commands + [BotCommand(*c) for c in handlers.ADMIN_COMMANDS]
+    for admin_id in application.bot_data["services"].settings.admin_ids:
+        try:
+            await application.bot.set_my_commands(admin_commands, scope=BotCommandScopeChat(admin_id))
+        except TelegramError as exc:  # the admin has not started a chat with the bot yet
+            log.warning("could not set the admin menu for %d: %s", admin_id, exc)
+
+
+def build_application(settings: Settings) -> Application:
+    """Everything the bot needs, loaded once: database (migrated), model, handlers."""
+    token = settings.token
+    redact_token_in_logs(token)
+    store = Store(connect(settings.resolved_database_url()))
+    if stale := store.fail_stale_runs():
+        log.warning("marked %d interrupted training run(s) as failed", stale)
+    install_shipped_model(store, settings.data_dir)
+    live = load_active(store, settings.min_confidence)
+
+    async def post_init(application: Application) -> None:
+        await set_command_menus(application)
+        me = application.bot.bot
+        log.info("bot @%s started, model version %d", me.username, live.version)
+
+    async def post_shutdown(application: Application) -> None:
+        store.engine.dispose()
+
+    application = (
+        Application.builder()
+        .token(token)
+        .base_url(settings.api_url)
+        .base_file_url(settings.file_url)
+        .concurrent_updates(True)
+        .rate_limiter(AIORateLimiter(max_retries=2))
+        .post_init(post_init)
+        .post_shutdown(post_shutdown)
+        .build()
+    )
+    application.bot_data["services"] = Services(settings=settings, store=store, model=live)
+    add_handlers(application)
+    if settings.retention_days:
+        application.job_queue.run_daily(purge_old_samples, time=dt.time(4, 0), name="retention")
+    return application
+
+
+async def purge_old_samples(context: ContextTypes.DEFAULT_TYPE) -> None:
+    svc = handlers.services(context)
+    purged = await asyncio.to_thread(svc.store.purge_samples, svc.settings.retention_days)
+    log.info("retention: dropped the stored images of %d old predictions", purged)
+
+
+def run(settings: Settings) -> None:
+    """Long polling by default; a webhook when DIGITBOT_WEBHOOK_URL is set. SIGINT/SIGTERM stop it cleanly."""
+    application = build_application(settings)
+    if settings.webhook_url:
+        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+        application.run_webhook(
+            listen=settings.webhook_listen,
+            port=settings.webhook_port,
+            url_path="telegram",
+            webhook_url=settings.webhook_url,
+            secret_token=secret,
+            allowed_updates=Update.ALL_TYPES,
+        )
+    else:
+        application.run_polling(allowed_updates=Update.ALL_TYPES, poll_interval=0.0, timeout=10)

@@ -1,0 +1,389 @@
+"""Telegram handlers: where a photo enters (on_photo), how feedback comes back, /stats and admin commands."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram.constants import ChatAction
+from telegram.ext import ContextTypes
+
+from bot.model_store import LiveModel, ModelIntegrityError, rollback
+from bot.settings import Settings
+from recognizer import ImageError
+from recognizer.classify import Reading
+from recognizer.images import MAX_BYTES
+from storage.repository import Store
+
+log = logging.getLogger(__name__)
+
+PHOTO_TIPS = (
+    "Tips: write the digit large and dark on plain paper, fill the frame with it, avoid shadows, and "
+    "hold the phone straight. Telegram compresses photos: send the image as a file for full quality."
+)
+HELP = (
+    "Send me a photo of a handwritten digit (or a number) and I'll tell you what it says.\n\n"
+    "If I'm wrong, tap the right digit under my answer, or reply to it with /correct 7 "
+    "(or /correct 2024 for a number). Your corrections teach me.\n\n"
+    f"{PHOTO_TIPS}\n\n"
+    "/stats - how well I'm doing\n/forget - delete everything I stored about you\n/help - this message"
+)
+USER_COMMANDS = [
+    ("start", "What this bot does"),
+    ("help", "How to send a good photo"),
+    ("stats", "How well the bot reads digits"),
+    ("correct", "Correct my last answer: /correct 7"),
+    ("forget", "Delete your data"),
+]
+ADMIN_COMMANDS = [
+    ("retrain", "Fine-tune on the corrections now"),
+    ("models", "Model versions"),
+    ("rollback", "Re-activate the previous model"),
+    ("ban", "Ban a user: /ban <user id>"),
+]
+
+
+class RateLimiter:
+    """At most `limit` events per user in any 60 seconds."""
+
+    def __init__(self, limit: int, window: float = 60.0) -> None:
+        self.limit, self.window = limit, window
+        self._events: dict[int, deque[float]] = defaultdict(deque)
+
+    def retry_after(self, user_id: int) -> float:
+        """0 if the user may go ahead now (and counts it), else the seconds to wait."""
+        now = time.monotonic()
+        events = self._events[user_id]
+        while events and now - events[0] > self.window:
+            events.popleft()
+        if len(events) >= self.limit:
+            return self.window - (now - events[0])
+        events.append(now)
+        return 0.0
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    model: LiveModel
+    rate: RateLimiter = field(init=False)
+    trainer: object | None = None  # the learning loop's fine-tuning job, when wired
+
+    def __post_init__(self) -> None:
+        self.rate = RateLimiter(self.settings.photos_per_minute)
+
+
+def services(context: ContextTypes.DEFAULT_TYPE) -> Services:
+    return context.application.bot_data["services"]
+
+
+async def db(call, *args, **kwargs):
+    """Database calls run in a worker thread: a slow query never stalls other users."""
+    return await asyncio.to_thread(call, *args, **kwargs)
+
+
+# --- answers -----------------------------------------------------------------------------------------------
+def answer_text(reading: Reading) -> str:
+    if reading.status == "no_digit":
+        return f"No digit found in this photo.\n\n{PHOTO_TIPS}"
+    if reading.status == "ok":
+        hint = (
+            "Right? Tap ✅, or the right digit."
+            if len(reading.digits) == 1
+            else ("Wrong? Reply to this message with /correct and the right number.")
+        )
+        return f"{reading.digits} - {reading.confidence:.0%} sure\n{hint}"
+    guesses = "\n".join(
+        f"digit {i + 1}: " * (len(reading.items) > 1) + ", ".join(f"{d} ({p:.0%})" for d, p in item.top(3))
+        for i, item in enumerate(reading.items)
+    )
+    return (
+        f"{reading.digits}? - unsure ({reading.confidence:.0%})\nTop guesses: {guesses}\n\n"
+        f"Tap the right digit or reply /correct with it.\n{PHOTO_TIPS}"
+    )
+
+
+def feedback_keyboard(prediction_id: int, digits: str) -> InlineKeyboardMarkup:
+    confirm = [InlineKeyboardButton("✅ Right", callback_data=f"fb:{prediction_id}:ok")]
+    if len(digits) != 1:
+        return InlineKeyboardMarkup([confirm])
+    numbers = [InlineKeyboardButton(str(d), callback_data=f"fb:{prediction_id}:{d}") for d in range(10)]
+    return InlineKeyboardMarkup([confirm, numbers[:5], numbers[5:]])
+
+
+def with_feedback(text: str, label: str, confirmed: bool) -> str:
+    base = text.split("\n\n✔")[0]
+    return f"{base}\n\n✔ {'Confirmed' if confirmed else f'Corrected to {label}'} - thank you!"
+
+
+# --- photos in, digits out ---------------------------------------------------------------------------------
+async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A photo, or an image sent as a file: read it and answer with the digits and a feedback keyboard."""
+    message, user = update.effective_message, update.effective_user
+    svc = services(context)
+    if await db(svc.store.see_user, user.id, user.full_name):
+        return  # banned users get no answers
+    wait = svc.rate.retry_after(user.id)
+    if wait:
+        await message.reply_text(
+            f"That's a lot of photos! You can send {svc.settings.photos_per_minute} a "
+            f"minute; please try again in {wait:.0f} s."
+        )
+        return
+    attachment = message.photo[-1] if message.photo else message.document  # the largest photo size
+    if attachment.file_size and attachment.file_size > MAX_BYTES:
+        await message.reply_text(
+            f"That file is {attachment.file_size / 2**20:.0f} MB; I can read images up to "
+            f"{MAX_BYTES // 2**20} MB. Please send a smaller one."
+        )
+        return
+    await context.bot.send_chat_action(message.chat_id, ChatAction.TYPING)
+    data = bytes(await (await attachment.get_file()).download_as_bytearray())
+    recognizer, version = svc.model.current()
+    try:
+        reading = await asyncio.get_running_loop().run_in_executor(None, recognizer.read, data)
+    except ImageError as exc:
+        await message.reply_text(
+            f"I couldn't read that image: {exc}. Please send a photo (JPEG or PNG) of a handwritten digit."
+        )
+        return
+    prediction_id = await db(
+        svc.store.record_prediction,
+        user_id=user.id,
+        chat_id=message.chat_id,
+        digits=reading.digits,
+        confidence=reading.confidence,
+        status=reading.status,
+        inputs=reading.inputs,
+        model_version=version,
+        photo_message_id=message.message_id,
+        file_unique_id=attachment.file_unique_id,
+        user_name=user.full_name,
+        photo=data if svc.settings.keep_photos else None,
+    )
+    keyboard = feedback_keyboard(prediction_id, reading.digits) if reading.items else None
+    answer = await message.reply_text(answer_text(reading), reply_markup=keyboard, do_quote=True)
+    await db(svc.store.set_answer_message, prediction_id, answer.message_id)
+    log.info(
+        "prediction %d: %r (%s, %.2f) by model v%d",
+        prediction_id,
+        reading.digits,
+        reading.status,
+        reading.confidence,
+        version,
+    )
+
+
+async def on_not_an_image(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Stickers, videos, voice, audio and files that are not images."""
+    await update.effective_message.reply_text(
+        "I can only read handwritten digits from photos. Please send a photo (or an image file) of a digit."
+    )
+
+
+# --- feedback ----------------------------------------------------------------------------------------------
+async def on_feedback_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    query = update.callback_query
+    _, prediction_id, choice = query.data.split(":")
+    label = None if choice == "ok" else choice
+    try:
+        feedback = await db(
+            services(context).store.record_feedback, int(prediction_id), query.from_user.id, label
+        )
+    except KeyError:
+        await query.answer("That answer is gone (its data was deleted).")
+        return
+    await query.answer("Thanks!")
+    await query.edit_message_text(
+        with_feedback(query.message.text, feedback.digits, feedback.confirmed),
+        reply_markup=query.message.reply_markup,
+    )
+
+
+async def on_correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/correct 7 or /correct 2024: as a reply to my answer or the photo, or for the user's latest photo."""
+    message, user = update.effective_message, update.effective_user
+    svc = services(context)
+    if len(context.args) != 1 or not context.args[0].isdigit() or len(context.args[0]) > 8:
+        await message.reply_text(
+            "Usage: /correct 7 (or /correct 2024), as a reply to my answer, or alone to "
+            "correct your latest photo."
+        )
+        return
+    reply = message.reply_to_message
+    if reply is not None:
+        prediction = await db(svc.store.find_prediction, message.chat_id, reply.message_id)
+    else:
+        prediction = await db(svc.store.latest_prediction, user.id)
+    if prediction is None:
+        await message.reply_text("I found no answer of mine to correct. Send me a photo first.")
+        return
+    feedback = await db(svc.store.record_feedback, prediction.id, user.id, context.args[0])
+    await message.reply_text(f"Thanks! Recorded {feedback.digits} for that photo.")
+    if prediction.answer_message_id:
+        original = answer_text_for(prediction)
+        await context.bot.edit_message_text(
+            with_feedback(original, feedback.digits, feedback.confirmed),
+            chat_id=prediction.chat_id,
+            message_id=prediction.answer_message_id,
+            reply_markup=feedback_keyboard(prediction.id, prediction.digits)
+            if prediction.input_count
+            else None,
+        )
+
+
+def answer_text_for(prediction) -> str:
+    """The first line of a stored answer, enough to edit it without the photo."""
+    if prediction.status == "no_digit":
+        return "No digit found in this photo."
+    unsure = "? - unsure" if prediction.status == "unsure" else " -"
+    return f"{prediction.digits}{unsure} {prediction.confidence:.0%}" + " sure" * (prediction.status == "ok")
+
+
+# --- commands ----------------------------------------------------------------------------------------------
+async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await db(services(context).store.see_user, update.effective_user.id, update.effective_user.full_name)
+    await update.effective_message.reply_text(HELP)
+
+
+async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    from bot.charts import stats_chart
+
+    svc = services(context)
+    mine, everyone = await db(svc.store.stats, update.effective_user.id), await db(svc.store.stats)
+    active, last_run = await db(svc.store.active_model), await db(svc.store.last_run)
+
+    def accuracy(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1%}"
+
+    lines = [
+        f"You: {mine.predictions} photos, {mine.feedback} answers rated, "
+        f"accuracy {accuracy(mine.live_accuracy)}",
+        f"Everyone: {everyone.predictions} photos, {everyone.feedback} rated "
+        f"({everyone.corrected} corrected), live accuracy {accuracy(everyone.live_accuracy)}",
+    ]
+    if everyone.per_digit:
+        lines.append("Per digit: " + ", ".join(f"{d}: {a:.0%}" for d, a in everyone.per_digit.items()))
+    if active:
+        lines.append(
+            f"Model: version {active.version}, MNIST test accuracy {accuracy(active.mnist_accuracy)}"
+        )
+    if last_run:
+        lines.append(f"Last retraining: {last_run.status} ({last_run.started_at:%Y-%m-%d %H:%M})")
+    await update.effective_message.reply_text("\n".join(lines))
+    if everyone.feedback:
+        await context.bot.send_chat_action(update.effective_chat.id, ChatAction.UPLOAD_PHOTO)
+        png = await asyncio.to_thread(stats_chart, everyone)
+        await update.effective_message.reply_photo(png, caption="Accuracy over time and per digit")
+
+
+async def on_forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    keyboard = InlineKeyboardMarkup(
+        [
+            [
+                InlineKeyboardButton("Yes, delete my data", callback_data="forget:yes"),
+                InlineKeyboardButton("Cancel", callback_data="forget:no"),
+            ]
+        ]
+    )
+    await update.effective_message.reply_text(
+        "Delete all your photos' results, stored digit images and corrections? This cannot be undone.",
+        reply_markup=keyboard,
+    )
+
+
+async def on_forget_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    query = update.callback_query
+    await query.answer()
+    if query.data != "forget:yes":
+        await query.edit_message_text("Nothing was deleted.")
+        return
+    await db(services(context).store.forget_user, query.from_user.id)
+    await query.edit_message_text("Done: everything I stored about you is deleted.")
+
+
+# --- admin commands ----------------------------------------------------------------------------------------
+def is_admin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
+    return update.effective_user.id in services(context).settings.admin_ids
+
+
+def admin_only(handler):
+    """Anyone else gets a short refusal and nothing happens."""
+
+    async def guarded(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if not is_admin(update, context):
+            log.warning("user %d tried admin command %s", update.effective_user.id, handler.__name__)
+            await update.effective_message.reply_text("Sorry, that command is for admins only.")
+            return
+        await handler(update, context)
+
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
+@admin_only
+async def on_models(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    versions = await db(services(context).store.model_versions)
+
+    def pct(value: float | None) -> str:
+        return "  n/a " if value is None else f"{value:6.2%}"
+
+    rows = [
+        f"v{m.version:<3} {m.status:<9} MNIST {pct(m.mnist_accuracy)}  feedback {pct(m.feedback_accuracy)}"
+        for m in versions
+    ]
+    await update.effective_message.reply_text("Model versions:\n" + "\n".join(rows))
+
+
+@admin_only
+async def on_rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    svc = services(context)
+    try:
+        previous = await asyncio.to_thread(rollback, svc.store, svc.model, svc.settings.min_confidence)
+    except (LookupError, ModelIntegrityError) as exc:
+        await update.effective_message.reply_text(f"Cannot roll back: {exc}.")
+        return
+    await update.effective_message.reply_text(
+        f"Rolled back: now answering with model version {previous.version}."
+    )
+
+
+@admin_only
+async def on_ban(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    if len(context.args) != 1 or not context.args[0].lstrip("-").isdigit():
+        await update.effective_message.reply_text("Usage: /ban <user id>")
+        return
+    await db(services(context).store.set_banned, int(context.args[0]))
+    await update.effective_message.reply_text(
+        f"User {context.args[0]} is banned: no answers, and their corrections are left out of training."
+    )
+
+
+@admin_only
+async def on_retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    trainer = services(context).trainer
+    if trainer is None:
+        await update.effective_message.reply_text("Fine-tuning is not set up on this instance.")
+        return
+    await trainer.request(update, context)
+
+
+async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Log with the update's context, and tell the user something went wrong."""
+    where = ""
+    if isinstance(update, Update):
+        user = update.effective_user.id if update.effective_user else None
+        where = f"update {update.update_id} from user {user}"
+    log.error("error handling %s", where or "a job", exc_info=context.error)
+    if isinstance(update, Update) and update.effective_message:
+        try:
+            await update.effective_message.reply_text(
+                "Sorry, something went wrong on my side. Please try again."
+            )
+        except Exception:  # noqa: BLE001 - the original error is what matters and is logged above
+            log.warning("could not tell the user about the error")

@@ -1,0 +1,133 @@
+"""Model versions on disk and the one the bot answers with: install, verify, promote, swap, roll back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+from recognizer import DEFAULT_MODEL, Recognizer
+from storage.models import ModelVersion
+from storage.repository import Store
+
+log = logging.getLogger(__name__)
+
+
+class ModelIntegrityError(Exception):
+    """A model file is missing or differs from the sha256 the database recorded for it."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomically(source: Path, destination: Path) -> str:
+    """Copy `source` to `destination` so that readers see the old file or the whole new one, never a part:
+    temp file in the same folder, fsync, rename, fsync the folder. Returns the sha256 written."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, destination)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    folder = os.open(destination.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    return sha256_file(destination)
+
+
+def model_path(data_dir: Path, version: int) -> Path:
+    return Path(data_dir) / "models" / f"v{version}.keras"
+
+
+def install_shipped_model(store: Store, data_dir: Path, shipped: Path = DEFAULT_MODEL) -> None:
+    """On a fresh data directory the shipped model becomes version 1, active."""
+    if store.model_versions():
+        return
+    destination = model_path(data_dir, 1)
+    sha = write_atomically(shipped, destination)
+    card_path = shipped.with_suffix(".json")
+    accuracy = json.loads(card_path.read_text())["test"]["accuracy"] if card_path.is_file() else None
+    store.add_model_version(
+        1,
+        str(destination),
+        sha,
+        mnist_accuracy=accuracy,
+        status="active",
+        note=f"shipped model {shipped.name}",
+    )
+    log.info("installed the shipped model as version 1 (%s)", destination)
+
+
+def load_version(model: ModelVersion, min_confidence: float) -> Recognizer:
+    """Load a recorded version, refusing a file whose sha256 is not the recorded one."""
+    path = Path(model.path)
+    if not path.is_file():
+        raise ModelIntegrityError(f"model version {model.version}: file {path} is missing")
+    actual = sha256_file(path)
+    if actual != model.sha256:
+        raise ModelIntegrityError(
+            f"model version {model.version}: {path} has sha256 {actual[:12]}..., "
+            f"the database recorded {model.sha256[:12]}...; refusing to load it"
+        )
+    return Recognizer.load(path, min_confidence)
+
+
+class LiveModel:
+    """The recognizer that answers now and its version. Requests take `current()` once and use that pair,
+    so a swap between requests never mixes versions and never drops a request."""
+
+    def __init__(self, recognizer: Recognizer, version: int) -> None:
+        self._current = (recognizer, version)
+        self._lock = threading.Lock()
+
+    def current(self) -> tuple[Recognizer, int]:
+        return self._current  # one attribute read: atomic
+
+    @property
+    def version(self) -> int:
+        return self._current[1]
+
+    def swap(self, recognizer: Recognizer, version: int) -> None:
+        with self._lock:
+            self._current = (recognizer, version)
+        log.info("now answering with model version %d", version)
+
+
+def load_active(store: Store, min_confidence: float) -> LiveModel:
+    active = store.active_model()
+    if active is None:
+        raise ModelIntegrityError("no active model version in the database")
+    return LiveModel(load_version(active, min_confidence), active.version)
+
+
+def rollback(store: Store, live: LiveModel, min_confidence: float) -> ModelVersion:
+    """Re-activate the version the active one replaced (its parent, else the newest retired one)."""
+    versions = {m.version: m for m in store.model_versions()}
+    active = versions.get(live.version)
+    previous = versions.get(active.parent_version) if active and active.parent_version else None
+    if previous is None:
+        retired = [m for m in versions.values() if m.status == "retired"]
+        previous = max(retired, key=lambda m: m.version) if retired else None
+    if previous is None:
+        raise LookupError("there is no earlier model version to roll back to")
+    recognizer = load_version(previous, min_confidence)
+    store.activate(previous.version)
+    live.swap(recognizer, previous.version)
+    return previous

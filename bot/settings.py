@@ -1,0 +1,90 @@
+"""Configuration from the environment (and an optional .env file), validated at start."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """Configuration a user must fix; the message names the setting."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIGITBOT_", env_file=".env", extra="ignore")
+
+    telegram_bot_token: SecretStr | None = Field(None, validation_alias="TELEGRAM_BOT_TOKEN")
+    telegram_bot_token_file: Path | None = Field(None, validation_alias="TELEGRAM_BOT_TOKEN_FILE")
+    admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    mnist_dir: Path | None = None
+    api_url: str = "https://api.telegram.org/bot"
+    file_url: str = "https://api.telegram.org/file/bot"
+    min_confidence: float = Field(0.7, ge=0.0, le=1.0)
+    photos_per_minute: int = Field(
+        20, ge=1, validation_alias=AliasChoices("DIGITBOT_RATE_LIMIT", "DIGITBOT_PHOTOS_PER_MINUTE")
+    )
+    keep_photos: bool = False
+    retention_days: int | None = Field(None, ge=1)
+    webhook_url: str | None = None
+    webhook_listen: str = "0.0.0.0"
+    webhook_port: int = 8443
+    webhook_secret: SecretStr | None = None
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _comma_separated_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            bad = [p for p in parts if not re.fullmatch(r"-?\d+", p)]
+            if bad:
+                raise ValueError(f"expected comma-separated Telegram user ids, got {bad[0]!r}")
+            return frozenset(int(p) for p in parts)
+        return value
+
+    @property
+    def token(self) -> str:
+        """The bot token from TELEGRAM_BOT_TOKEN or the file TELEGRAM_BOT_TOKEN_FILE names."""
+        if self.telegram_bot_token is not None:
+            token = self.telegram_bot_token.get_secret_value().strip()
+        elif self.telegram_bot_token_file is not None:
+            try:
+                token = self.telegram_bot_token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"TELEGRAM_BOT_TOKEN_FILE: cannot read {self.telegram_bot_token_file}: {exc.strerror}"
+                ) from None
+        else:
+            raise ConfigError(
+                "TELEGRAM_BOT_TOKEN is not set (or set TELEGRAM_BOT_TOKEN_FILE to a file holding it); "
+                "get a token from @BotFather"
+            )
+        if not re.fullmatch(r"\d+:[\w-]{20,}", token):
+            raise ConfigError(
+                "TELEGRAM_BOT_TOKEN does not look like a bot token (digits, a colon, then 20+ "
+                "letters); check for quotes or spaces"
+            )
+        return token
+
+    def resolved_database_url(self) -> str:
+        from storage.db import sqlite_url
+
+        return self.database_url or sqlite_url(self.data_dir)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with pydantic's errors turned into one readable ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "settings"
+            env = name if name.isupper() else f"DIGITBOT_{name.upper()}"
+            lines.append(f"{env}: {error['msg']}")
+        raise ConfigError("; ".join(lines)) from None

@@ -1,0 +1,284 @@
+"""End to end: the real `digitbot run` process against a fake Bot API server on 127.0.0.1, played by users."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from storage.db import connect, sqlite_url
+from storage.repository import Store
+from tests.conftest import ROOT
+from tests.fake_telegram import FakeTelegram
+from tests.photos import encode, synthetic_photo
+
+TOKEN = "123456789:AAHfake-token-for-tests-only_0123456789"
+ADMIN = 1
+RATE_LIMIT = 5
+
+
+class BotProcess:
+    """`digitbot -v run` in a subprocess, talking to the fake server; its log goes to a file."""
+
+    def __init__(self, fake: FakeTelegram, data_dir: Path) -> None:
+        self.log_path = data_dir / f"bot-{time.monotonic_ns()}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DIGITBOT_", "TELEGRAM_"))}
+        env.update(
+            TELEGRAM_BOT_TOKEN=TOKEN,
+            DIGITBOT_API_URL=fake.api_url,
+            DIGITBOT_FILE_URL=fake.file_url,
+            DIGITBOT_DATA_DIR=str(data_dir),
+            DIGITBOT_ADMIN_IDS=f"{ADMIN},2",
+            DIGITBOT_RATE_LIMIT=str(RATE_LIMIT),
+            PYTHONPATH=str(ROOT),
+        )
+        mark = fake.mark()
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", "-v", "run"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=data_dir,
+            )
+        try:
+            fake.wait_for("setMyCommands", timeout=120, after=mark)
+        except AssertionError:
+            self.process.kill()
+            raise AssertionError(self.log()) from None
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def fake():
+    server = FakeTelegram(TOKEN)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("bot-data")
+
+
+@pytest.fixture(scope="module")
+def bot(fake, data_dir, mnist):
+    process = BotProcess(fake, data_dir)
+    yield process
+    assert process.stop() == 0
+    log = process.log()
+    assert TOKEN not in log and TOKEN.split(":")[1] not in log  # not even with -v (debug logging)
+    assert "prediction" in log
+
+
+@pytest.fixture
+def store(data_dir):
+    engine = connect(sqlite_url(data_dir))
+    yield Store(engine)
+    engine.dispose()
+
+
+def photo_reply(fake: FakeTelegram, user: int, data: bytes) -> dict:
+    mark = fake.mark()
+    fake.send_photo(user, data)
+    return fake.wait_for("sendMessage", after=mark, chat_id=user)
+
+
+def text_reply(fake: FakeTelegram, user: int, text: str, reply_to: dict | None = None) -> dict:
+    mark = fake.mark()
+    fake.send_text(user, text, reply_to=reply_to)
+    return fake.wait_for("sendMessage", after=mark, chat_id=user)
+
+
+def test_start_help_and_command_menus(fake, bot):
+    assert "photo of a handwritten digit" in text_reply(fake, 10, "/start")["text"]
+    assert "/correct 7" in text_reply(fake, 10, "/help")["text"]
+    menus = {
+        p["scope"]["type"] + str(p["scope"].get("chat_id", "")): [c["command"] for c in p["commands"]]
+        for name, p in fake.calls
+        if name == "setMyCommands"
+    }
+    assert "retrain" not in menus["default"] and "stats" in menus["default"]
+    assert {"retrain", "models", "rollback", "ban", "stats"} <= set(menus[f"chat{ADMIN}"])
+
+
+def test_photo_is_answered_with_the_digit_the_confidence_and_buttons(fake, bot, mnist):
+    mark = fake.mark()
+    photo = fake.send_photo(11, synthetic_photo(mnist, "7", "clean", seed=7))
+    reply = fake.wait_for("sendMessage", after=mark, chat_id=11)
+    assert reply["text"].startswith("7 - ") and "% sure" in reply["text"].splitlines()[0]
+    assert reply["reply_parameters"]["message_id"] == photo["message_id"]
+    buttons = [b["callback_data"] for row in reply["reply_markup"]["inline_keyboard"] for b in row]
+    assert len(buttons) == 11 and buttons[0].endswith(":ok")
+    fake.wait_for("sendChatAction", after=mark, chat_id=11, action="typing")
+    largest = photo["photo"][-1]["file_id"]
+    fake.wait_for("getFile", after=mark, file_id=largest)  # the largest size, not the thumbnail
+
+
+def test_number_and_image_sent_as_a_file(fake, bot, mnist):
+    assert photo_reply(fake, 12, synthetic_photo(mnist, "2024", "lined", seed=3))["text"].startswith(
+        "2024 - "
+    )
+    mark = fake.mark()
+    png = encode(Image.open(__import__("io").BytesIO(synthetic_photo(mnist, "5", "clean", seed=5))), "PNG")
+    fake.send_document(12, png, "image/png", "five.png")
+    assert fake.wait_for("sendMessage", after=mark, chat_id=12)["text"].startswith("5 - ")
+
+
+def test_buttons_record_feedback_and_the_latest_wins(fake, bot, mnist, store):
+    reply = photo_reply(fake, 13, synthetic_photo(mnist, "4", "clean", seed=4))
+    answer = reply["_message"]
+    prediction_id = int(reply["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1])
+    mark = fake.mark()
+    fake.press(13, answer, f"fb:{prediction_id}:9")
+    edit = fake.wait_for("editMessageText", after=mark, chat_id=13)
+    assert "Corrected to 9" in edit["text"] and edit["text"].startswith("4 - ")
+    fake.wait_for("answerCallbackQuery", after=mark)
+    mark = fake.mark()
+    fake.press(13, answer, f"fb:{prediction_id}:ok")
+    assert "Confirmed" in fake.wait_for("editMessageText", after=mark, chat_id=13)["text"]
+    stats = store.stats(13)
+    assert (stats.feedback, stats.confirmed) == (1, 1)
+
+
+def test_correct_as_a_reply_and_for_the_latest_photo(fake, bot, mnist, store):
+    first = photo_reply(fake, 14, synthetic_photo(mnist, "3", "clean", seed=3))
+    photo_reply(fake, 14, synthetic_photo(mnist, "6", "clean", seed=6))
+    ack = text_reply(fake, 14, "/correct 8", reply_to=first["_message"])
+    assert "Recorded 8" in ack["text"]
+    mark = fake.mark()
+    fake.send_text(14, "/correct 0")  # no reply: the latest photo
+    fake.wait_for("editMessageText", after=mark, chat_id=14, text=lambda t: "Corrected to 0" in t)
+    training = store.training_set()
+    mine = sorted(
+        int(label) for label, user in zip(training.labels, training.users, strict=True) if user == 14
+    )
+    assert mine == [0, 8]
+    assert "Usage" in text_reply(fake, 14, "/correct seven")["text"]
+    assert "Send me a photo first" in text_reply(fake, 15, "/correct 1")["text"]
+
+
+def test_stats_text_and_chart(fake, bot, mnist):
+    reply = photo_reply(fake, 16, synthetic_photo(mnist, "1", "clean", seed=1))
+    mark = fake.mark()
+    fake.press(16, reply["_message"], reply["reply_markup"]["inline_keyboard"][0][0]["callback_data"])
+    fake.wait_for("editMessageText", after=mark, chat_id=16)
+    mark = fake.mark()
+    fake.send_text(16, "/stats")
+    text = fake.wait_for("sendMessage", after=mark, chat_id=16)["text"]
+    assert text.startswith("You: 1 photos, 1 answers rated, accuracy 100.0%")
+    assert "Model: version 1, MNIST test accuracy 99." in text
+    chart = fake.wait_for("sendPhoto", after=mark, chat_id=16)
+    assert chart["photo"][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("command", ["/retrain", "/models", "/rollback", "/ban 17"])
+def test_admin_commands_refuse_everyone_else(fake, bot, store, command):
+    before = [(m.version, m.status) for m in store.model_versions()]
+    assert text_reply(fake, 17, command)["text"] == "Sorry, that command is for admins only."
+    assert [(m.version, m.status) for m in store.model_versions()] == before
+    assert not store.see_user(17)  # /ban 17 did not ban anyone
+
+
+def test_admin_commands_work_for_admins(fake, bot, mnist, store):
+    assert "v1   active" in text_reply(fake, ADMIN, "/models")["text"]
+    assert "Cannot roll back" in text_reply(fake, ADMIN, "/rollback")["text"]
+    assert "banned" in text_reply(fake, ADMIN, "/ban 18")["text"]
+    assert store.see_user(18)
+    mark = fake.mark()
+    fake.send_photo(18, synthetic_photo(mnist, "2", "clean", seed=2))
+    time.sleep(3)  # time enough to answer, had the user not been banned
+    assert fake.calls_to(18, after=mark) == []  # a banned user gets nothing
+
+
+def test_forget_deletes_after_confirmation(fake, bot, mnist, store):
+    photo_reply(fake, 19, synthetic_photo(mnist, "9", "clean", seed=9))
+    question = text_reply(fake, 19, "/forget")
+    assert store.stats(19).predictions == 1
+    mark = fake.mark()
+    fake.press(19, question["_message"], "forget:no")
+    assert "Nothing was deleted" in fake.wait_for("editMessageText", after=mark, chat_id=19)["text"]
+    assert store.stats(19).predictions == 1
+    mark = fake.mark()
+    fake.press(19, question["_message"], "forget:yes")
+    assert "deleted" in fake.wait_for("editMessageText", after=mark, chat_id=19)["text"]
+    assert store.stats(19).predictions == 0
+
+
+@pytest.mark.parametrize("kind", ["sticker", "video", "voice"])
+def test_media_that_is_not_a_photo_gets_a_clear_reply(fake, bot, kind):
+    mark = fake.mark()
+    fake.send_other(20, kind)
+    assert "only read handwritten digits" in fake.wait_for("sendMessage", after=mark, chat_id=20)["text"]
+
+
+def test_bad_files_get_clear_replies(fake, bot):
+    def document(data: bytes, mime: str, name: str, declared: int | None = None) -> str:
+        mark = fake.mark()
+        fake.send_document(21, data, mime, name, declared)
+        return fake.wait_for("sendMessage", after=mark, chat_id=21)["text"]
+
+    assert "only read handwritten digits" in document(b"just some notes", "text/plain", "notes.txt")
+    assert "couldn't read that image: not an image" in document(b"plain text", "image/jpeg", "fake.jpg")
+    truncated = encode(Image.new("RGB", (400, 300), "white"), "JPEG")[:300]
+    assert "couldn't read that image: corrupted" in document(truncated, "image/jpeg", "cut.jpg")
+    bomb = encode(Image.new("1", (9000, 9000), 1), "PNG")
+    assert "too large" in document(bomb, "image/png", "bomb.png")
+    mark = fake.mark()
+    assert "up to 20 MB" in document(b"x" * 100, "image/jpeg", "huge.jpg", declared=30 * 2**20)
+    assert not [c for c in fake.calls[mark:] if c[0] == "getFile"]  # refused before downloading
+    blank = photo_reply(fake, 21, encode(Image.new("RGB", (1280, 960), (236, 233, 225)), "JPEG"))
+    assert blank["text"].startswith("No digit found") and "send the image as a file" in blank["text"]
+
+
+def test_flooding_user_is_rate_limited_politely(fake, bot, mnist):
+    photo = synthetic_photo(mnist, "8", "clean", seed=8)
+    mark = fake.mark()
+    for _ in range(RATE_LIMIT + 3):
+        fake.send_photo(22, photo)
+    deadline = time.monotonic() + 60
+    while len(fake.calls_to(22, after=mark)) < 2 * (RATE_LIMIT + 3) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    texts = [p["text"] for name, p in fake.calls_to(22, after=mark) if name == "sendMessage"]
+    assert sum(t.startswith("8 - ") for t in texts) == RATE_LIMIT
+    assert sum("a lot of photos" in t for t in texts) == 3
+
+
+def test_restart_on_the_same_data_dir_keeps_everything(fake, mnist, tmp_path):
+    first = BotProcess(fake, tmp_path)
+    reply = photo_reply(fake, 30, synthetic_photo(mnist, "2", "clean", seed=2))
+    mark = fake.mark()
+    fake.press(30, reply["_message"], reply["reply_markup"]["inline_keyboard"][1][3]["callback_data"])  # "3"
+    fake.wait_for("editMessageText", after=mark, chat_id=30)
+    assert first.stop() == 0
+    second = BotProcess(fake, tmp_path)
+    try:
+        text = text_reply(fake, 30, "/stats")["text"]
+        assert text.startswith("You: 1 photos, 1 answers rated, accuracy 0.0%")
+        ack = text_reply(fake, 30, "/correct 2")  # the stored prediction is still found
+        assert "Recorded 2" in ack["text"]
+    finally:
+        assert second.stop() == 0
+
+
+def test_sigterm_during_a_request_stops_cleanly(fake, mnist, tmp_path):
+    bot = BotProcess(fake, tmp_path)
+    mark = fake.mark()
+    fake.send_photo(31, synthetic_photo(mnist, "5", "clean", seed=5))
+    fake.wait_for("sendChatAction", after=mark, chat_id=31)
+    started = time.monotonic()
+    assert bot.stop(timeout=20) == 0
+    assert time.monotonic() - started < 15
+    assert "Traceback" not in bot.log()
