@@ -10,12 +10,18 @@ import email.parser
 import email.policy
 import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+ROOT = Path(__file__).resolve().parent.parent
 BOT_USER = {"id": 4242, "is_bot": True, "first_name": "digitbot", "username": "digitbot_test_bot"}
 JSON_FIELDS = {
     "reply_markup",
@@ -156,6 +162,7 @@ class FakeTelegram:
         if method != "getUpdates":
             if method in ("sendMessage", "sendPhoto") and status == 200:
                 params["_message"] = result  # tests press buttons on it
+            params["_at"] = time.monotonic()
             with self._cond:
                 self.calls.append((method, params))
                 self._cond.notify_all()
@@ -267,6 +274,53 @@ class FakeTelegram:
                 self._reply(status, json.dumps(payload).encode())
 
         return Handler
+
+
+class BotProcess:
+    """`digitbot -v run` in a subprocess, talking to the fake server; its log goes to a file."""
+
+    def __init__(
+        self,
+        fake: FakeTelegram,
+        data_dir: Path,
+        token: str,
+        admins: str = "",
+        rate_limit: int = 20,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.log_path = data_dir / f"bot-{time.monotonic_ns()}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DIGITBOT_", "TELEGRAM_"))}
+        env.update(
+            TELEGRAM_BOT_TOKEN=token,
+            DIGITBOT_API_URL=fake.api_url,
+            DIGITBOT_FILE_URL=fake.file_url,
+            DIGITBOT_DATA_DIR=str(data_dir),
+            DIGITBOT_ADMIN_IDS=admins,
+            DIGITBOT_RATE_LIMIT=str(rate_limit),
+            PYTHONPATH=str(ROOT),
+            **(extra_env or {}),
+        )
+        mark = fake.mark()
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", "-v", "run"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=data_dir,
+            )
+        try:
+            fake.wait_for("setMyCommands", timeout=120, after=mark)
+        except AssertionError:
+            self.process.kill()
+            raise AssertionError(self.log()) from None
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
 
 
 def _params(content_type: str, body: bytes) -> dict:

@@ -2,63 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from storage.db import connect, sqlite_url
 from storage.repository import Store
-from tests.conftest import ROOT
-from tests.fake_telegram import FakeTelegram
+from tests.fake_telegram import BotProcess, FakeTelegram
 from tests.photos import encode, synthetic_photo
 
 TOKEN = "123456789:AAHfake-token-for-tests-only_0123456789"
 ADMIN = 1
 RATE_LIMIT = 5
-
-
-class BotProcess:
-    """`digitbot -v run` in a subprocess, talking to the fake server; its log goes to a file."""
-
-    def __init__(self, fake: FakeTelegram, data_dir: Path) -> None:
-        self.log_path = data_dir / f"bot-{time.monotonic_ns()}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DIGITBOT_", "TELEGRAM_"))}
-        env.update(
-            TELEGRAM_BOT_TOKEN=TOKEN,
-            DIGITBOT_API_URL=fake.api_url,
-            DIGITBOT_FILE_URL=fake.file_url,
-            DIGITBOT_DATA_DIR=str(data_dir),
-            DIGITBOT_ADMIN_IDS=f"{ADMIN},2",
-            DIGITBOT_RATE_LIMIT=str(RATE_LIMIT),
-            PYTHONPATH=str(ROOT),
-        )
-        mark = fake.mark()
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot.cli", "-v", "run"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=data_dir,
-            )
-        try:
-            fake.wait_for("setMyCommands", timeout=120, after=mark)
-        except AssertionError:
-            self.process.kill()
-            raise AssertionError(self.log()) from None
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self, timeout: float = 30) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +31,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bot(fake, data_dir, mnist):
-    process = BotProcess(fake, data_dir)
+    process = BotProcess(fake, data_dir, TOKEN, admins=f"{ADMIN},2", rate_limit=RATE_LIMIT)
     yield process
     assert process.stop() == 0
     log = process.log()
@@ -257,13 +213,13 @@ def test_flooding_user_is_rate_limited_politely(fake, bot, mnist):
 
 
 def test_restart_on_the_same_data_dir_keeps_everything(fake, mnist, tmp_path):
-    first = BotProcess(fake, tmp_path)
+    first = BotProcess(fake, tmp_path, TOKEN, admins=str(ADMIN))
     reply = photo_reply(fake, 30, synthetic_photo(mnist, "2", "clean", seed=2))
     mark = fake.mark()
     fake.press(30, reply["_message"], reply["reply_markup"]["inline_keyboard"][1][3]["callback_data"])  # "3"
     fake.wait_for("editMessageText", after=mark, chat_id=30)
     assert first.stop() == 0
-    second = BotProcess(fake, tmp_path)
+    second = BotProcess(fake, tmp_path, TOKEN, admins=str(ADMIN))
     try:
         text = text_reply(fake, 30, "/stats")["text"]
         assert text.startswith("You: 1 photos, 1 answers rated, accuracy 0.0%")
@@ -274,7 +230,7 @@ def test_restart_on_the_same_data_dir_keeps_everything(fake, mnist, tmp_path):
 
 
 def test_sigterm_during_a_request_stops_cleanly(fake, mnist, tmp_path):
-    bot = BotProcess(fake, tmp_path)
+    bot = BotProcess(fake, tmp_path, TOKEN)
     mark = fake.mark()
     fake.send_photo(31, synthetic_photo(mnist, "5", "clean", seed=5))
     fake.wait_for("sendChatAction", after=mark, chat_id=31)
@@ -282,3 +238,63 @@ def test_sigterm_during_a_request_stops_cleanly(fake, mnist, tmp_path):
     assert bot.stop(timeout=20) == 0
     assert time.monotonic() - started < 15
     assert "Traceback" not in bot.log()
+
+
+def test_webhook_mode_checks_the_secret_token(fake, tmp_path):
+    import json
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/telegram"
+    env = {
+        "DIGITBOT_WEBHOOK_URL": url,
+        "DIGITBOT_WEBHOOK_LISTEN": "127.0.0.1",
+        "DIGITBOT_WEBHOOK_PORT": str(port),
+        "DIGITBOT_WEBHOOK_SECRET": "s3cret-value",
+    }
+    mark = fake.mark()
+    bot = BotProcess(fake, tmp_path, TOKEN, extra_env=env)
+    try:
+        hook = fake.wait_for("setWebhook", after=mark)
+        assert hook["url"] == url and hook["secret_token"] == "s3cret-value"
+
+        def post(update_id: int, secret: str) -> int:
+            update = {
+                "update_id": update_id,
+                "message": {
+                    "message_id": 5,
+                    "date": int(time.time()),
+                    "text": "/start",
+                    "from": {"id": 40, "is_bot": False, "first_name": "Web"},
+                    "chat": {"id": 40, "type": "private"},
+                    "entities": [{"type": "bot_command", "offset": 0, "length": 6}],
+                },
+            }
+            request = urllib.request.Request(
+                url,
+                json.dumps(update).encode(),
+                method="POST",
+                headers={"Content-Type": "application/json", "X-Telegram-Bot-Api-Secret-Token": secret},
+            )
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    return urllib.request.urlopen(request, timeout=10).status
+                except urllib.error.HTTPError as exc:
+                    return exc.code
+                except urllib.error.URLError:  # the webhook server starts just after setWebhook
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+
+        mark = fake.mark()
+        assert post(900001, "wrong") == 403
+        assert post(900002, "s3cret-value") == 200
+        assert "photo of a handwritten digit" in fake.wait_for("sendMessage", after=mark, chat_id=40)["text"]
+        assert len(fake.calls_to(40, after=mark)) == 1  # the forged update was not processed
+    finally:
+        assert bot.stop() == 0
