@@ -20,6 +20,7 @@ from telegram.ext import (
 
 from bot import handlers
 from bot.handlers import Services
+from bot.learning import Trainer, schedule
 from bot.model_store import install_shipped_model, load_active
 from bot.settings import Settings
 from storage.db import connect
@@ -120,8 +121,10 @@ def build_application(settings: Settings) -> Application:
         .post_shutdown(post_shutdown)
         .build()
     )
-    application.bot_data["services"] = Services(settings=settings, store=store, model=live)
+    trainer = Trainer(settings, store, live)
+    application.bot_data["services"] = Services(settings=settings, store=store, model=live, trainer=trainer)
     add_handlers(application)
+    schedule(application, trainer, settings)
     if settings.retention_days:
         application.job_queue.run_daily(purge_old_samples, time=dt.time(4, 0), name="retention")
     return application

@@ -40,7 +40,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import keras
 
-    from recognizer.classify import DEFAULT_MODEL
+    from recognizer import DEFAULT_MODEL
     from recognizer.data import load_mnist, to_model_input
     from recognizer.evaluate import evaluate_arrays, write_report
     from recognizer.train import load_model_card
@@ -163,6 +163,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from bot.learning import RetrainJob, retrain
+    from bot.model_store import install_shipped_model
+    from bot.settings import load_settings
+    from storage.db import connect
+    from storage.repository import Store
+
+    settings = load_settings()
+    store = Store(connect(settings.resolved_database_url()))
+    store.fail_stale_runs()
+    install_shipped_model(store, settings.data_dir)
+    run_id = store.claim_run("cli")
+    if run_id is None:
+        raise UserError("a fine-tuning run is already in progress")
+    result = retrain(RetrainJob.from_settings(run_id, settings), progress=lambda text: log.info("%s", text))
+    print(f"run {run_id}: version {result['version']} {result['status']} - {result['reason']}")
+    print(result["table"])
+    return 0 if result["status"] == "promoted" else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitbot", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -223,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
+    retrain = commands.add_parser(
+        "retrain",
+        help="fine-tune once on MNIST + the stored corrections, with the "
+        "promotion gate (settings from the environment, like `run`)",
+    )
+    retrain.set_defaults(func=cmd_retrain)
+
     db = commands.add_parser("db", help="database schema and retention")
     db.add_argument(
         "--database-url", help="default: $DIGITBOT_DATABASE_URL, else SQLite in $DIGITBOT_DATA_DIR"
@@ -244,12 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    from bot.model_store import ModelIntegrityError
     from bot.settings import ConfigError
     from recognizer.data import DataError
 
     try:
         return args.func(args)
-    except (UserError, DataError, ConfigError) as exc:
+    except (UserError, DataError, ConfigError, ModelIntegrityError) as exc:
         print(f"digitbot: error: {exc}", file=sys.stderr)
         return 2
 

@@ -12,6 +12,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ChatAction
 from telegram.ext import ContextTypes
 
+from bot.learning import Trainer
 from bot.model_store import LiveModel, ModelIntegrityError, rollback
 from bot.settings import Settings
 from recognizer import ImageError
@@ -72,7 +73,7 @@ class Services:
     store: Store
     model: LiveModel
     rate: RateLimiter = field(init=False)
-    trainer: object | None = None  # the learning loop's fine-tuning job, when wired
+    trainer: Trainer
 
     def __post_init__(self) -> None:
         self.rate = RateLimiter(self.settings.photos_per_minute)
@@ -366,11 +367,7 @@ async def on_ban(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 @admin_only
 async def on_retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    trainer = services(context).trainer
-    if trainer is None:
-        await update.effective_message.reply_text("Fine-tuning is not set up on this instance.")
-        return
-    await trainer.request(update, context)
+    await services(context).trainer.request(update, context)
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:

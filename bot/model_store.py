@@ -10,10 +10,14 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from recognizer import DEFAULT_MODEL, Recognizer
+from recognizer import DEFAULT_MODEL
 from storage.models import ModelVersion
 from storage.repository import Store
+
+if TYPE_CHECKING:
+    from recognizer import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,8 @@ def load_version(model: ModelVersion, min_confidence: float) -> Recognizer:
             f"model version {model.version}: {path} has sha256 {actual[:12]}..., "
             f"the database recorded {model.sha256[:12]}...; refusing to load it"
         )
+    from recognizer import Recognizer  # TensorFlow: only when a model is really loaded
+
     return Recognizer.load(path, min_confidence)
 
 

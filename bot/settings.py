@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     webhook_listen: str = "0.0.0.0"
     webhook_port: int = 8443
     webhook_secret: SecretStr | None = None
+    retrain_cron: str = "0 3 * * *"  # nightly; crontab syntax, in UTC
+    retrain_every: float | None = Field(None, gt=0)  # seconds; overrides the cron schedule when set
+    retrain_min_corrections: int = Field(50, ge=0)  # scheduled runs skip until this many new corrections
+    retrain_budget: float = Field(240.0, gt=0)  # seconds of training per run
+    retrain_epochs: int = Field(3, ge=1)
+    retrain_mnist_samples: int = Field(20_000, ge=100)
+    max_mnist_drop: float = 0.002  # the gate: at most 0.2 percentage points below the active model
+    max_corrections_per_user: int = Field(200, ge=1)
+    holdout_percent: int = Field(20, ge=0, lt=100)  # feedback kept out of training to judge candidates
 
     @field_validator("admin_ids", mode="before")
     @classmethod

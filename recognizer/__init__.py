@@ -1,8 +1,11 @@
 """Images -> digits: MNIST data, the CNN, training, evaluation and photo preprocessing."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not our log
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "digitbot.keras"  # the shipped model
 
 __all__ = ["DEFAULT_MODEL", "ImageError", "Prediction", "Reading", "Recognizer"]
 

@@ -9,10 +9,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from recognizer import DEFAULT_MODEL
 from recognizer.images import decode_image
 from recognizer.preprocess import find_digits
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "digitbot.keras"
 MIN_CONFIDENCE = 0.7  # below this a digit is "unsure"; see bench/photos.py for the error/reject trade-off
 
 

@@ -76,15 +76,17 @@ def fit(
     train: tuple[np.ndarray, np.ndarray],
     validation: tuple[np.ndarray, np.ndarray] | None,
     config: TrainConfig,
-    checkpoint: Path,
+    checkpoint: Path | None = None,
     verbose: str | int = "auto",
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> dict[str, list[float]]:
-    """Fit with the schedule above; with a validation set, restore the best epoch by val accuracy."""
+    """Fit with the schedule above. With a validation set (and a `checkpoint` path to keep the best epoch
+    in), stop early and end with the weights of the best epoch by validation accuracy."""
     steps = config.epochs * int(np.ceil(len(train[0]) / config.batch_size))
     compile_model(model, config.learning_rate, steps)
     callbacks = list(extra_callbacks or [])
-    if validation is not None and len(validation[0]):
+    validating = validation is not None and len(validation[0]) > 0 and checkpoint is not None
+    if validating:
         callbacks += [
             keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_accuracy", save_best_only=True),
             keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience),
@@ -93,15 +95,13 @@ def fit(
         callbacks.append(keras.callbacks.TensorBoard(config.tensorboard_dir))
     history = model.fit(
         training_dataset(*train, config),
-        validation_data=validation if validation is not None and len(validation[0]) else None,
+        validation_data=validation if validating else None,
         epochs=config.epochs,
         callbacks=callbacks,
         verbose=verbose,
     )
-    if checkpoint.exists():
+    if validating and checkpoint.exists():
         model.set_weights(keras.models.load_model(checkpoint).get_weights())
-    else:
-        model.save(checkpoint)
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 

@@ -97,6 +97,8 @@ class TrainingRun(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     trigger: Mapped[str] = mapped_column(String(16))  # schedule / admin / cli
     requested_by: Mapped[int | None] = mapped_column(BigInteger)
+    host: Mapped[str] = mapped_column(String(255), default="")  # where the fine-tuning process runs
+    pid: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
     status: Mapped[str] = mapped_column(String(16), default="running")  # running/promoted/rejected/failed

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.models import Feedback, ModelVersion, Prediction, TrainingRun, User, utcnow
@@ -34,6 +36,18 @@ class Stats:
     per_digit: dict[str, float] = field(default_factory=dict)  # true digit -> accuracy
     by_version: dict[int, float] = field(default_factory=dict)  # model version -> live accuracy
     by_day: list[tuple[str, int, float]] = field(default_factory=list)  # (date, feedback count, accuracy)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def pack_inputs(inputs: np.ndarray) -> bytes:
@@ -351,12 +365,27 @@ class Store:
             return list(s.scalars(select(ModelVersion).order_by(ModelVersion.version)))
 
     # --- training runs ---------------------------------------------------------------------------------
-    def start_run(self, trigger: str, requested_by: int | None = None) -> int:
+    def claim_run(self, trigger: str, requested_by: int | None = None) -> int | None:
+        """Start a training run, or return None when one is already running (on any bot instance)."""
         with self.session.begin() as s:
-            run = TrainingRun(trigger=trigger, requested_by=requested_by)
+            if s.get_bind().dialect.name == "postgresql":
+                s.execute(text("SELECT pg_advisory_xact_lock(7243191)"))  # SQLite: BEGIN IMMEDIATE does this
+            if s.scalar(select(func.count(TrainingRun.id)).where(TrainingRun.status == "running")):
+                return None
+            run = TrainingRun(
+                trigger=trigger, requested_by=requested_by, host=socket.gethostname(), pid=os.getpid()
+            )
             s.add(run)
             s.flush()
             return run.id
+
+    def set_run_pid(self, run_id: int, pid: int) -> None:
+        with self.session.begin() as s:
+            s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(pid=pid))
+
+    def run_status(self, run_id: int) -> str | None:
+        with self.session() as s:
+            return s.scalar(select(TrainingRun.status).where(TrainingRun.id == run_id))
 
     def finish_run(
         self,
@@ -375,15 +404,14 @@ class Store:
             if consumed:
                 s.execute(update(Feedback).where(Feedback.id.in_(consumed)).values(training_run_id=run_id))
 
-    def fail_stale_runs(self, reason: str = "interrupted: the process stopped during the run") -> int:
-        """At start: runs still marked running belong to a process that died; mark them failed."""
+    def fail_stale_runs(self, reason: str = "interrupted: its process stopped during the run") -> int:
+        """Runs marked running whose process on this host is gone: mark them failed."""
         with self.session.begin() as s:
-            result = s.execute(
-                update(TrainingRun)
-                .where(TrainingRun.status == "running")
-                .values(status="failed", error=reason, finished_at=utcnow())
-            )
-            return result.rowcount
+            running = s.scalars(select(TrainingRun).where(TrainingRun.status == "running")).all()
+            stale = [r for r in running if r.host == socket.gethostname() and not _alive(r.pid)]
+            for run in stale:
+                run.status, run.error, run.finished_at = "failed", reason, utcnow()
+            return len(stale)
 
     def last_run(self) -> TrainingRun | None:
         with self.session() as s:

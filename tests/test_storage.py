@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import OperationalError
 
-from storage.db import connect, downgrade, upgrade
+from storage.db import connect, downgrade, make_engine, upgrade
 from storage.models import Feedback, Prediction, utcnow
 from storage.repository import Store
 
@@ -74,6 +74,22 @@ def predict(store: Store, user: int, digits: str, seed: int = 0, **kwargs) -> in
     )
 
 
+def test_an_old_database_is_upgraded_in_place(db_url):
+    engine = make_engine(db_url)
+    upgrade(engine, "0001")
+    store = Store(engine)
+    with store.session.begin() as s:
+        s.execute(
+            text(
+                "INSERT INTO users (id, name, first_seen, last_seen, banned) "
+                "VALUES (5, 'old', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, false)"
+            )
+        )
+    connect(db_url).dispose()  # a start with the new code: schema 0002, data kept
+    assert store.see_user(5) is False and store.claim_run("cli") is not None
+    engine.dispose()
+
+
 def test_migrations_from_empty_to_head_and_back(db_url):
     engine = connect(db_url)
     tables = set(inspect(engine).get_table_names())
@@ -86,7 +102,7 @@ def test_migrations_from_empty_to_head_and_back(db_url):
         "alembic_version",
     } <= tables
     with engine.connect() as c:
-        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
     connect(db_url).dispose()  # a second start finds nothing to do
     downgrade(engine, "base")
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
@@ -270,7 +286,8 @@ def test_training_runs_consume_feedback_and_stale_runs_fail(store):
     pid = predict(store, 1, "4")
     store.record_feedback(pid, 1, "9")
     assert store.count_new_feedback() == 1
-    run = store.start_run("admin", requested_by=1)
+    run = store.claim_run("admin", requested_by=1)
+    assert store.claim_run("schedule") is None  # one run at a time
     store.finish_run(
         run, "promoted", {"mnist": 0.996}, candidate_version=2, consumed=store.training_set().feedback_ids
     )
@@ -278,9 +295,14 @@ def test_training_runs_consume_feedback_and_stale_runs_fail(store):
     assert store.last_run().metrics == {"mnist": 0.996}
     store.record_feedback(pid, 1, "7")  # a changed label is new again
     assert store.count_new_feedback() == 1
-    stale = store.start_run("schedule")
+    live = store.claim_run("schedule")
+    assert store.fail_stale_runs() == 0  # its process (this one) is alive
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store.set_run_pid(live, dead.pid)
     assert store.fail_stale_runs() == 1
-    assert store.last_run().id == stale and store.last_run().status == "failed"
+    assert store.last_run().id == live and store.last_run().status == "failed"
+    assert store.claim_run("schedule") is not None
 
 
 def test_retention_purges_old_samples_but_keeps_counts(store):
