@@ -1,4 +1,7 @@
-"""`digitbot`: train, evaluate, predict (and run the bot). Each subcommand imports only what it needs."""
+"""digitbot reads handwritten digits from photos: train and evaluate its model, read photos, run the
+Telegram bot, and fine-tune the model on users' corrections."""
+
+# Each subcommand imports only what it needs: `digitbot db` should not wait for TensorFlow.
 
 from __future__ import annotations
 
@@ -108,13 +111,14 @@ def save_debug_images(out_dir: Path, stem: str, gray, reading) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from bot.settings import load_settings
     from recognizer import ImageError, Recognizer
     from recognizer.images import decode_image
 
     files = _image_files(args.paths)
     if not files:
         raise UserError("no files to read")
-    rec = Recognizer.load(args.model, args.min_confidence)
+    rec = Recognizer.load(args.model, args.min_confidence or load_settings().min_confidence)
     failures = 0
     for index, path in enumerate(tqdm(files, unit="photo", disable=None if len(files) > 1 else True)):
         try:
@@ -229,8 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--min-confidence",
         type=float,
-        default=0.7,
-        help="below this a digit is reported as unsure (default 0.7)",
+        help="below this a digit is reported as unsure (default: $DIGITBOT_MIN_CONFIDENCE or 0.7)",
     )
     predict.set_defaults(func=cmd_predict)
 

@@ -9,6 +9,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from recognizer import MIN_CONFIDENCE
+
 
 class ConfigError(Exception):
     """Configuration a user must fix; the message names the setting."""
@@ -25,7 +27,7 @@ class Settings(BaseSettings):
     mnist_dir: Path | None = None
     api_url: str = "https://api.telegram.org/bot"
     file_url: str = "https://api.telegram.org/file/bot"
-    min_confidence: float = Field(0.7, ge=0.0, le=1.0)
+    min_confidence: float = Field(MIN_CONFIDENCE, ge=0.0, le=1.0)
     photos_per_minute: int = Field(
         20, ge=1, validation_alias=AliasChoices("DIGITBOT_RATE_LIMIT", "DIGITBOT_PHOTOS_PER_MINUTE")
     )

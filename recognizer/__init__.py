@@ -6,6 +6,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not our log
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "digitbot.keras"  # the shipped model
+MIN_CONFIDENCE = 0.7  # below this a digit is "unsure"; bench/photos.py shows the error/reject trade-off
 
 __all__ = ["DEFAULT_MODEL", "ImageError", "Prediction", "Reading", "Recognizer"]
 

@@ -9,11 +9,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from recognizer import DEFAULT_MODEL
+from recognizer import DEFAULT_MODEL, MIN_CONFIDENCE
 from recognizer.images import decode_image
 from recognizer.preprocess import find_digits
-
-MIN_CONFIDENCE = 0.7  # below this a digit is "unsure"; see bench/photos.py for the error/reject trade-off
 
 
 @dataclass(frozen=True)
