@@ -18,7 +18,7 @@ from bench.synth import make_photo
 from recognizer.data import load_mnist
 from tests.fake_telegram import BotProcess, FakeTelegram
 
-TOKEN = "123456789:AAHload-test-token-0123456789abcdef"
+TOKEN = "123456789:LOAD-fake-token-not-real"
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MNIST_DIR = Path(os.environ.get("DIGITBOT_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
+MNIST_DIR = Path(os.environ.get("DIGITBOT_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist")).resolve()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from storage.repository import Store
 from tests.fake_telegram import BotProcess, FakeTelegram
 from tests.photos import encode, synthetic_photo
 
-TOKEN = "123456789:AAHfake-token-for-tests-only_0123456789"
+TOKEN = "123456789:TEST-fake-token-not-real"
 ADMIN = 1
 RATE_LIMIT = 5
 

@@ -27,7 +27,7 @@ FAST = {
     "DIGITBOT_RETRAIN_EPOCHS": "1",
     "DIGITBOT_MNIST_DIR": str(MNIST_DIR),
 }
-TOKEN = "123456789:AAHlearning-loop-test-token_0123456"
+TOKEN = "123456789:LEARN-fake-token-not-real"
 
 
 def test_gate_rules():
