@@ -28,7 +28,6 @@ class DigitCrop:
 @dataclass(frozen=True)
 class Segmentation:
     crops: list[DigitCrop]  # left to right
-    ink: np.ndarray  # float32 (H, W) soft ink map the crops were cut from
     dark_ink: bool  # True for dark ink on light paper
 
 
@@ -70,8 +69,8 @@ def remove_background(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
     return np.maximum(paper - gray if dark_ink else gray - paper, 0.0)
 
 
-def ink_map(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    """-> (soft ink in [0, 1], binary ink mask without paper lines, dark_ink)."""
+def ink_map(gray: np.ndarray) -> tuple[np.ndarray, bool]:
+    """-> (binary ink mask without paper lines, dark_ink)."""
     dark_ink = has_dark_ink(_half(gray))
     ink = remove_background(gray, dark_ink)
     sample = ink[::2, ::2]
@@ -82,8 +81,8 @@ def ink_map(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     strong = ink[candidates]
     full = np.percentile(strong, 90) if strong.size else 0.0  # the contrast of a solid stroke
     if full < MIN_INK_CONTRAST:
-        return np.zeros_like(ink), np.zeros(ink.shape, bool), dark_ink
-    return np.clip(ink / full, 0.0, 1.0), candidates & (ink > 0.4 * full), dark_ink
+        return np.zeros(ink.shape, bool), dark_ink
+    return candidates & (ink > 0.4 * full), dark_ink
 
 
 def remove_lines(mask: np.ndarray) -> np.ndarray:
@@ -200,11 +199,11 @@ def to_mnist(digit: np.ndarray) -> np.ndarray:
 
 def find_digits(gray: np.ndarray) -> Segmentation:
     """Gray image (H, W) in [0, 1] -> the digits in it as MNIST-style inputs, left to right."""
-    soft, mask, dark_ink = ink_map(gray)
+    mask, dark_ink = ink_map(gray)
     h, w = mask.shape
     crops = []
     for digit in _digit_groups(mask):
         ys, xs = np.nonzero(digit)
         box = (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
         crops.append(DigitCrop(box=box, image=to_mnist(digit)))
-    return Segmentation(crops=crops, ink=soft, dark_ink=dark_ink)
+    return Segmentation(crops=crops, dark_ink=dark_ink)

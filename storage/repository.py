@@ -7,7 +7,7 @@ import os
 import socket
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 from sqlalchemy import Engine, delete, func, select, text, update
@@ -416,7 +416,3 @@ class Store:
     def last_run(self) -> TrainingRun | None:
         with self.session() as s:
             return s.scalars(select(TrainingRun).order_by(TrainingRun.id.desc())).first()
-
-    def last_finished_at(self) -> datetime | None:
-        with self.session() as s:
-            return s.scalar(select(func.max(TrainingRun.finished_at)))
