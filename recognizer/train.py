@@ -99,6 +99,7 @@ def fit(
         epochs=config.epochs,
         callbacks=callbacks,
         verbose=verbose,
+        shuffle=False,  # training_dataset() shuffles, seeded
     )
     if validating and checkpoint.exists():
         model.set_weights(keras.models.load_model(checkpoint).get_weights())
