@@ -118,7 +118,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files = _image_files(args.paths)
     if not files:
         raise UserError("no files to read")
-    rec = Recognizer.load(args.model, args.min_confidence or load_settings().min_confidence)
+    threshold = args.min_confidence if args.min_confidence is not None else load_settings().min_confidence
+    rec = Recognizer.load(args.model, threshold)
     failures = 0
     for index, path in enumerate(tqdm(files, unit="photo", disable=None if len(files) > 1 else True)):
         try:
