@@ -89,24 +89,31 @@ async def db(call, *args, **kwargs):
 
 
 # --- answers -----------------------------------------------------------------------------------------------
+def headline(digits: str, confidence: float, status: str) -> str:
+    """The answer's first line: the digits first, then how sure. Also rebuilt from a stored prediction."""
+    if status == "no_digit":
+        return "No digit found in this photo."
+    if status == "ok":
+        return f"{digits} - {confidence:.0%} sure"
+    return f"{digits}? - unsure ({confidence:.0%})"
+
+
 def answer_text(reading: Reading) -> str:
+    first = headline(reading.digits, reading.confidence, reading.status)
     if reading.status == "no_digit":
-        return f"No digit found in this photo.\n\n{PHOTO_TIPS}"
+        return f"{first}\n\n{PHOTO_TIPS}"
     if reading.status == "ok":
         hint = (
             "Right? Tap ✅, or the right digit."
             if len(reading.digits) == 1
-            else ("Wrong? Reply to this message with /correct and the right number.")
+            else "Wrong? Reply to this message with /correct and the right number."
         )
-        return f"{reading.digits} - {reading.confidence:.0%} sure\n{hint}"
+        return f"{first}\n{hint}"
     guesses = "\n".join(
         f"digit {i + 1}: " * (len(reading.items) > 1) + ", ".join(f"{d} ({p:.0%})" for d, p in item.top(3))
         for i, item in enumerate(reading.items)
     )
-    return (
-        f"{reading.digits}? - unsure ({reading.confidence:.0%})\nTop guesses: {guesses}\n\n"
-        f"Tap the right digit or reply /correct with it.\n{PHOTO_TIPS}"
-    )
+    return f"{first}\nTop guesses: {guesses}\n\nTap the right digit or reply /correct with it.\n{PHOTO_TIPS}"
 
 
 def feedback_keyboard(prediction_id: int, digits: str) -> InlineKeyboardMarkup:
@@ -227,7 +234,7 @@ async def on_correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     feedback = await db(svc.store.record_feedback, prediction.id, user.id, context.args[0])
     await message.reply_text(f"Thanks! Recorded {feedback.digits} for that photo.")
     if prediction.answer_message_id:
-        original = answer_text_for(prediction)
+        original = headline(prediction.digits, prediction.confidence, prediction.status)
         await context.bot.edit_message_text(
             with_feedback(original, feedback.digits, feedback.confirmed),
             chat_id=prediction.chat_id,
@@ -236,14 +243,6 @@ async def on_correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
             if prediction.input_count
             else None,
         )
-
-
-def answer_text_for(prediction) -> str:
-    """The first line of a stored answer, enough to edit it without the photo."""
-    if prediction.status == "no_digit":
-        return "No digit found in this photo."
-    unsure = "? - unsure" if prediction.status == "unsure" else " -"
-    return f"{prediction.digits}{unsure} {prediction.confidence:.0%}" + " sure" * (prediction.status == "ok")
 
 
 # --- commands ----------------------------------------------------------------------------------------------
