@@ -73,9 +73,8 @@ def decode_image(source: bytes | str | Path, work_size: int = WORK_SIZE) -> np.n
     image = _open(source)
     try:
         image.seek(0)  # GIF and TIFF: the first frame
-        if (
-            image.format == "JPEG"
-        ):  # decode at 1/2, 1/4 or 1/8 scale in the DCT domain: big photos decode fast
+        if image.format == "JPEG":
+            # Decode at 1/2, 1/4 or 1/8 scale in the DCT domain: big photos decode fast.
             scale = work_size / max(image.size)
             image.draft("L", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
         image = ImageOps.exif_transpose(image)

@@ -173,10 +173,8 @@ class Store:
                 s.add(feedback)
             else:
                 feedback.digits, feedback.confirmed = label, confirmed
-                feedback.created_at, feedback.training_run_id = (
-                    utcnow(),
-                    None,
-                )  # a new label: train on it again
+                # A new label: newest again for the per-user cap, and not yet consumed by a run.
+                feedback.created_at, feedback.training_run_id = utcnow(), None
             s.flush()
             return feedback
 
@@ -188,7 +186,7 @@ class Store:
             )
             return s.scalar(query) or 0
 
-    def training_set(self, max_per_user: int = 200, include_confirmed: bool = True) -> TrainingSet:
+    def training_set(self, max_per_user: int = 200) -> TrainingSet:
         """Labelled 28x28 samples from feedback: per digit where the answer has as many digits as were
         seen. Banned users are left out, each user gives at most `max_per_user` samples (their newest),
         and samples of the same photo or image that disagree on the label are dropped."""
@@ -208,8 +206,6 @@ class Store:
                 .where(func.length(Feedback.digits) == Prediction.input_count)
                 .order_by(Feedback.created_at.desc(), Feedback.id.desc())
             )
-            if not include_confirmed:
-                query = query.where(~Feedback.confirmed)
             rows = s.execute(query).all()
         samples = []  # (feedback id, user, image, label, key)
         for row in rows:
