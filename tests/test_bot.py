@@ -24,6 +24,14 @@ def fake():
     server.close()
 
 
+@pytest.fixture
+def own_fake():
+    """For tests that start their own bot: updates on the module's server could go to the module's bot."""
+    server = FakeTelegram(TOKEN)
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("bot-data")
@@ -212,35 +220,37 @@ def test_flooding_user_is_rate_limited_politely(fake, bot, mnist):
     assert sum("a lot of photos" in t for t in texts) == 3
 
 
-def test_restart_on_the_same_data_dir_keeps_everything(fake, mnist, tmp_path):
-    first = BotProcess(fake, tmp_path, TOKEN, admins=str(ADMIN))
-    reply = photo_reply(fake, 30, synthetic_photo(mnist, "2", "clean", seed=2))
-    mark = fake.mark()
-    fake.press(30, reply["_message"], reply["reply_markup"]["inline_keyboard"][1][3]["callback_data"])  # "3"
-    fake.wait_for("editMessageText", after=mark, chat_id=30)
+def test_restart_on_the_same_data_dir_keeps_everything(own_fake, mnist, tmp_path):
+    first = BotProcess(own_fake, tmp_path, TOKEN, admins=str(ADMIN))
+    reply = photo_reply(own_fake, 30, synthetic_photo(mnist, "2", "clean", seed=2))
+    mark = own_fake.mark()
+    own_fake.press(
+        30, reply["_message"], reply["reply_markup"]["inline_keyboard"][1][3]["callback_data"]
+    )  # "3"
+    own_fake.wait_for("editMessageText", after=mark, chat_id=30)
     assert first.stop() == 0
-    second = BotProcess(fake, tmp_path, TOKEN, admins=str(ADMIN))
+    second = BotProcess(own_fake, tmp_path, TOKEN, admins=str(ADMIN))
     try:
-        text = text_reply(fake, 30, "/stats")["text"]
+        text = text_reply(own_fake, 30, "/stats")["text"]
         assert text.startswith("You: 1 photos, 1 answers rated, accuracy 0.0%")
-        ack = text_reply(fake, 30, "/correct 2")  # the stored prediction is still found
+        ack = text_reply(own_fake, 30, "/correct 2")  # the stored prediction is still found
         assert "Recorded 2" in ack["text"]
     finally:
         assert second.stop() == 0
 
 
-def test_sigterm_during_a_request_stops_cleanly(fake, mnist, tmp_path):
-    bot = BotProcess(fake, tmp_path, TOKEN)
-    mark = fake.mark()
-    fake.send_photo(31, synthetic_photo(mnist, "5", "clean", seed=5))
-    fake.wait_for("sendChatAction", after=mark, chat_id=31)
+def test_sigterm_during_a_request_stops_cleanly(own_fake, mnist, tmp_path):
+    bot = BotProcess(own_fake, tmp_path, TOKEN)
+    mark = own_fake.mark()
+    own_fake.send_photo(31, synthetic_photo(mnist, "5", "clean", seed=5))
+    own_fake.wait_for("sendChatAction", after=mark, chat_id=31)
     started = time.monotonic()
     assert bot.stop(timeout=20) == 0
     assert time.monotonic() - started < 15
     assert "Traceback" not in bot.log()
 
 
-def test_webhook_mode_checks_the_secret_token(fake, tmp_path):
+def test_webhook_mode_checks_the_secret_token(own_fake, tmp_path):
     import json
     import socket
     import urllib.error
@@ -256,10 +266,10 @@ def test_webhook_mode_checks_the_secret_token(fake, tmp_path):
         "DIGITBOT_WEBHOOK_PORT": str(port),
         "DIGITBOT_WEBHOOK_SECRET": "s3cret-value",
     }
-    mark = fake.mark()
-    bot = BotProcess(fake, tmp_path, TOKEN, extra_env=env)
+    mark = own_fake.mark()
+    bot = BotProcess(own_fake, tmp_path, TOKEN, extra_env=env)
     try:
-        hook = fake.wait_for("setWebhook", after=mark)
+        hook = own_fake.wait_for("setWebhook", after=mark)
         assert hook["url"] == url and hook["secret_token"] == "s3cret-value"
 
         def post(update_id: int, secret: str) -> int:
@@ -291,10 +301,12 @@ def test_webhook_mode_checks_the_secret_token(fake, tmp_path):
                         raise
                     time.sleep(0.2)
 
-        mark = fake.mark()
+        mark = own_fake.mark()
         assert post(900001, "wrong") == 403
         assert post(900002, "s3cret-value") == 200
-        assert "photo of a handwritten digit" in fake.wait_for("sendMessage", after=mark, chat_id=40)["text"]
-        assert len(fake.calls_to(40, after=mark)) == 1  # the forged update was not processed
+        assert (
+            "photo of a handwritten digit" in own_fake.wait_for("sendMessage", after=mark, chat_id=40)["text"]
+        )
+        assert len(own_fake.calls_to(40, after=mark)) == 1  # the forged update was not processed
     finally:
         assert bot.stop() == 0
