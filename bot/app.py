@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 
 from telegram import BotCommand, BotCommandScopeChat, BotCommandScopeDefault, Update
-from telegram.error import TelegramError
+from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -29,6 +29,16 @@ from storage.repository import Store
 log = logging.getLogger(__name__)
 
 
+class StartError(Exception):
+    """The bot could not start or stopped on an error; the message is one line, free of the token."""
+
+
+def redact(text: str, token: str) -> str:
+    """The token's secret part (after the colon) replaced: it also hides the token when a URL encodes the
+    colon, and the bot id before it is public anyway."""
+    return text.replace(token.partition(":")[2], "<token>")
+
+
 class RedactToken(logging.Filter):
     """python-telegram-bot and httpx log request URLs, which contain the token: replace it everywhere."""
 
@@ -38,12 +48,11 @@ class RedactToken(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if self.token in message:
-            record.msg, record.args = message.replace(self.token, "<token>"), None
+        record.msg, record.args = redact(message, self.token), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text and self.token in record.exc_text:
-            record.exc_text = record.exc_text.replace(self.token, "<token>")
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.token)
         return True
 
 
@@ -95,7 +104,6 @@ async def set_command_menus(application: Application) -> None:
 def build_application(settings: Settings) -> Application:
     """Everything the bot needs, loaded once: database (migrated), model, handlers."""
     token = settings.token
-    redact_token_in_logs(token)
     store = Store(connect(settings.resolved_database_url()))
     if stale := store.fail_stale_runs():
         log.warning("marked %d interrupted training run(s) as failed", stale)
@@ -137,8 +145,27 @@ async def purge_old_samples(context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 def run(settings: Settings) -> None:
-    """Long polling by default; a webhook when DIGITBOT_WEBHOOK_URL is set. SIGINT/SIGTERM stop it cleanly."""
-    application = build_application(settings)
+    """Long polling by default; a webhook when DIGITBOT_WEBHOOK_URL is set. SIGINT/SIGTERM stop it cleanly.
+    Any error while starting, running or stopping becomes a StartError without the token: PTB's own
+    messages quote it ("The token `...` was rejected"), and systemd would repeat them every restart."""
+    token = settings.token
+    redact_token_in_logs(token)
+    try:
+        _serve(build_application(settings), settings)
+    except InvalidToken:
+        raise StartError(
+            "Telegram rejected the token (TELEGRAM_BOT_TOKEN); check it with @BotFather"
+        ) from None
+    except NetworkError as exc:
+        raise StartError(
+            f"cannot reach the Bot API at {settings.api_url}: {redact(str(exc), token)}"
+        ) from None
+    except Exception as exc:
+        log.critical("the bot stopped on an unexpected error", exc_info=exc)  # redacted by the log filter
+        raise StartError(f"the bot stopped: {redact(str(exc), token) or exc.__class__.__name__}") from None
+
+
+def _serve(application: Application, settings: Settings) -> None:
     if settings.webhook_url:
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
         application.run_webhook(

@@ -160,11 +160,14 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bot.app import run
+    from bot.app import StartError, run
     from bot.settings import load_settings
 
     overrides = {"webhook_url": args.webhook} if args.webhook else {}
-    run(load_settings(**overrides))
+    try:
+        run(load_settings(**overrides))
+    except StartError as exc:
+        raise UserError(str(exc)) from None
     return 0
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -9,7 +13,7 @@ from PIL import Image
 
 from storage.db import connect, sqlite_url
 from storage.repository import Store
-from tests.fake_telegram import BotProcess, FakeTelegram
+from tests.fake_telegram import ROOT, BotProcess, FakeTelegram
 from tests.photos import encode, synthetic_photo
 
 TOKEN = "123456789:TEST-fake-token-not-real"
@@ -310,3 +314,36 @@ def test_webhook_mode_checks_the_secret_token(own_fake, tmp_path):
         assert len(own_fake.calls_to(40, after=mark)) == 1  # the forged update was not processed
     finally:
         assert bot.stop() == 0
+
+
+def run_bot_until_it_exits(token: str, api_url: str, data_dir) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIGITBOT_", "TELEGRAM_"))}
+    env.update(
+        TELEGRAM_BOT_TOKEN=token,
+        DIGITBOT_API_URL=api_url,
+        DIGITBOT_DATA_DIR=str(data_dir),
+        PYTHONPATH=str(ROOT),
+    )
+    command = [sys.executable, "-m", "bot.cli", "-v", "run"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=data_dir)
+
+
+def test_a_rejected_token_is_one_clear_line_and_never_printed(fake, tmp_path):
+    secret = "REJECTEDsecretPart-0123456789"
+    done = run_bot_until_it_exits(f"987654321:{secret}", fake.api_url, tmp_path)  # the fake answers 401
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        "digitbot: error: Telegram rejected the token (TELEGRAM_BOT_TOKEN); check it with @BotFather"
+    )
+    assert secret not in done.stdout + done.stderr
+
+
+def test_an_unreachable_bot_api_is_one_clear_line_without_the_token(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        api_url = f"http://127.0.0.1:{s.getsockname()[1]}/bot"  # nothing listens there
+    secret = "UNREACHABLEsecretPart-0123456789"
+    done = run_bot_until_it_exits(f"987654321:{secret}", api_url, tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].startswith(f"digitbot: error: cannot reach the Bot API at {api_url}")
+    assert secret not in done.stdout + done.stderr
