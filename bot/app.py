@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import secrets
 
 from telegram import BotCommand, BotCommandScopeChat, BotCommandScopeDefault, Update
 from telegram.error import InvalidToken, NetworkError, TelegramError
@@ -30,37 +31,37 @@ log = logging.getLogger(__name__)
 
 
 class StartError(Exception):
-    """The bot could not start or stopped on an error; the message is one line, free of the token."""
+    """The bot could not start or stopped on an error; the message is one line, free of secrets."""
 
 
-def redact(text: str, token: str) -> str:
-    """The token's secret part (after the colon) replaced: it also hides the token when a URL encodes the
-    colon, and the bot id before it is public anyway."""
-    return text.replace(token.partition(":")[2], "<token>")
+class Redact(logging.Filter):
+    """python-telegram-bot and httpx log request URLs, which contain the token, and at debug level the
+    webhook secret: replace them in every message and traceback."""
 
-
-class RedactToken(logging.Filter):
-    """python-telegram-bot and httpx log request URLs, which contain the token: replace it everywhere."""
-
-    def __init__(self, token: str) -> None:
+    def __init__(self, secrets: list[str]) -> None:
         super().__init__()
-        self.token = token
+        self.secrets = secrets
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "<secret>")
+        return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        record.msg, record.args = redact(message, self.token), None
+        record.msg, record.args = self(record.getMessage()), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact(record.exc_text, self.token)
+            record.exc_text = self(record.exc_text)
         return True
 
 
-def redact_token_in_logs(token: str) -> None:
-    redactor = RedactToken(token)
+def redact_in_logs(secrets: list[str]) -> Redact:
+    redact = Redact(secrets)
     for handler in logging.getLogger().handlers:
-        handler.addFilter(redactor)
+        handler.addFilter(redact)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise, even redacted
+    return redact
 
 
 def add_handlers(application: Application) -> None:
@@ -148,33 +149,33 @@ def run(settings: Settings) -> None:
     """Long polling by default; a webhook when DIGITBOT_WEBHOOK_URL is set. SIGINT/SIGTERM stop it cleanly.
     Any error while starting, running or stopping becomes a StartError without the token: PTB's own
     messages quote it ("The token `...` was rejected"), and systemd would repeat them every restart."""
-    token = settings.token
-    redact_token_in_logs(token)
+    # The token's secret part (after the colon) also hides the token where a URL encodes the colon.
+    token_secret = settings.token.partition(":")[2]
+    # Without a webhook secret anyone who reaches the port could post updates as any user, admins included:
+    # Telegram sends the secret we register with setWebhook in a header, and PTB refuses posts without it.
+    webhook_secret = (
+        settings.webhook_secret.get_secret_value() if settings.webhook_secret else secrets.token_urlsafe(32)
+    )
+    redact = redact_in_logs([token_secret, webhook_secret])
     try:
-        _serve(build_application(settings), settings)
+        application = build_application(settings)
+        if settings.webhook_url:
+            application.run_webhook(
+                listen=settings.webhook_listen,
+                port=settings.webhook_port,
+                url_path="telegram",
+                webhook_url=settings.webhook_url,
+                secret_token=webhook_secret,
+                allowed_updates=Update.ALL_TYPES,
+            )
+        else:
+            application.run_polling(allowed_updates=Update.ALL_TYPES, poll_interval=0.0, timeout=10)
     except InvalidToken:
         raise StartError(
             "Telegram rejected the token (TELEGRAM_BOT_TOKEN); check it with @BotFather"
         ) from None
     except NetworkError as exc:
-        raise StartError(
-            f"cannot reach the Bot API at {settings.api_url}: {redact(str(exc), token)}"
-        ) from None
+        raise StartError(f"cannot reach the Bot API at {settings.api_url}: {redact(str(exc))}") from None
     except Exception as exc:
         log.critical("the bot stopped on an unexpected error", exc_info=exc)  # redacted by the log filter
-        raise StartError(f"the bot stopped: {redact(str(exc), token) or exc.__class__.__name__}") from None
-
-
-def _serve(application: Application, settings: Settings) -> None:
-    if settings.webhook_url:
-        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-        application.run_webhook(
-            listen=settings.webhook_listen,
-            port=settings.webhook_port,
-            url_path="telegram",
-            webhook_url=settings.webhook_url,
-            secret_token=secret,
-            allowed_updates=Update.ALL_TYPES,
-        )
-    else:
-        application.run_polling(allowed_updates=Update.ALL_TYPES, poll_interval=0.0, timeout=10)
+        raise StartError(f"the bot stopped: {redact(str(exc)) or exc.__class__.__name__}") from None

@@ -34,9 +34,9 @@ class Settings(BaseSettings):
     keep_photos: bool = False
     retention_days: int | None = Field(None, ge=1)
     webhook_url: str | None = None
-    webhook_listen: str = "0.0.0.0"
+    webhook_listen: str = "127.0.0.1"  # behind a TLS proxy on the same host; 0.0.0.0 only when told
     webhook_port: int = 8443
-    webhook_secret: SecretStr | None = None
+    webhook_secret: SecretStr | None = None  # None: a random one for each start
     retrain_cron: str = "0 3 * * *"  # nightly; crontab syntax, in UTC
     retrain_every: float | None = Field(None, gt=0)  # seconds; overrides the cron schedule when set
     retrain_min_corrections: int = Field(50, ge=0)  # scheduled runs skip until this many new corrections
@@ -56,6 +56,13 @@ class Settings(BaseSettings):
             if bad:
                 raise ValueError(f"expected comma-separated Telegram user ids, got {bad[0]!r}")
             return frozenset(int(p) for p in parts)
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _telegram_secret_alphabet(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()):
+            raise ValueError("Telegram accepts 1-256 characters A-Z, a-z, 0-9, _ and -")
         return value
 
     @property

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -254,9 +255,21 @@ def test_sigterm_during_a_request_stops_cleanly(own_fake, mnist, tmp_path):
     assert "Traceback" not in bot.log()
 
 
-def test_webhook_mode_checks_the_secret_token(own_fake, tmp_path):
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp writes them) with a socket listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+@pytest.mark.parametrize("configured_secret", ["s3cret-value", None])
+def test_webhook_mode_refuses_forged_updates(own_fake, tmp_path, configured_secret):
     import json
-    import socket
     import urllib.error
     import urllib.request
 
@@ -264,36 +277,36 @@ def test_webhook_mode_checks_the_secret_token(own_fake, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/telegram"
-    env = {
-        "DIGITBOT_WEBHOOK_URL": url,
-        "DIGITBOT_WEBHOOK_LISTEN": "127.0.0.1",
-        "DIGITBOT_WEBHOOK_PORT": str(port),
-        "DIGITBOT_WEBHOOK_SECRET": "s3cret-value",
-    }
+    env = {"DIGITBOT_WEBHOOK_URL": url, "DIGITBOT_WEBHOOK_PORT": str(port)}  # listen: the default
+    if configured_secret:
+        env["DIGITBOT_WEBHOOK_SECRET"] = configured_secret
     mark = own_fake.mark()
-    bot = BotProcess(own_fake, tmp_path, TOKEN, extra_env=env)
+    bot = BotProcess(own_fake, tmp_path, TOKEN, admins=str(ADMIN), extra_env=env)
     try:
         hook = own_fake.wait_for("setWebhook", after=mark)
-        assert hook["url"] == url and hook["secret_token"] == "s3cret-value"
+        secret = hook["secret_token"]
+        assert hook["url"] == url
+        if configured_secret:
+            assert secret == configured_secret
+        else:  # none configured: a random one, never "no secret"
+            assert len(secret) >= 32 and secret not in bot.log()
 
-        def post(update_id: int, secret: str) -> int:
+        def post(update_id: int, text: str, secret: str | None) -> int:
             update = {
                 "update_id": update_id,
                 "message": {
-                    "message_id": 5,
+                    "message_id": update_id,
                     "date": int(time.time()),
-                    "text": "/start",
-                    "from": {"id": 40, "is_bot": False, "first_name": "Web"},
-                    "chat": {"id": 40, "type": "private"},
-                    "entities": [{"type": "bot_command", "offset": 0, "length": 6}],
+                    "text": text,
+                    "from": {"id": ADMIN, "is_bot": False, "first_name": "Admin"},
+                    "chat": {"id": ADMIN, "type": "private"},
+                    "entities": [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}],
                 },
             }
-            request = urllib.request.Request(
-                url,
-                json.dumps(update).encode(),
-                method="POST",
-                headers={"Content-Type": "application/json", "X-Telegram-Bot-Api-Secret-Token": secret},
-            )
+            headers = {"Content-Type": "application/json"}
+            if secret is not None:
+                headers["X-Telegram-Bot-Api-Secret-Token"] = secret
+            request = urllib.request.Request(url, json.dumps(update).encode(), method="POST", headers=headers)
             deadline = time.monotonic() + 20
             while True:
                 try:
@@ -306,14 +319,17 @@ def test_webhook_mode_checks_the_secret_token(own_fake, tmp_path):
                     time.sleep(0.2)
 
         mark = own_fake.mark()
-        assert post(900001, "wrong") == 403
-        assert post(900002, "s3cret-value") == 200
-        assert (
-            "photo of a handwritten digit" in own_fake.wait_for("sendMessage", after=mark, chat_id=40)["text"]
-        )
-        assert len(own_fake.calls_to(40, after=mark)) == 1  # the forged update was not processed
+        assert post(900001, "/ban 41", None) == 403  # a stranger posing as the admin, no secret
+        assert post(900002, "/ban 42", "wrong") == 403
+        assert post(900003, "/start", secret) == 200
+        assert "photo of a handwritten digit" in own_fake.wait_for("sendMessage", after=mark)["text"]
+        assert len(own_fake.calls_to(ADMIN, after=mark)) == 1  # the forged updates were not processed
+        assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only, unless told otherwise
     finally:
         assert bot.stop() == 0
+    store = Store(connect(sqlite_url(tmp_path)))
+    assert not store.see_user(41) and not store.see_user(42)
+    store.engine.dispose()
 
 
 def run_bot_until_it_exits(token: str, api_url: str, data_dir) -> subprocess.CompletedProcess:
