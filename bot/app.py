@@ -75,7 +75,9 @@ def add_handlers(application: Application) -> None:
     application.add_handler(CommandHandler("models", handlers.on_models))
     application.add_handler(CommandHandler("rollback", handlers.on_rollback))
     application.add_handler(CommandHandler("ban", handlers.on_ban))
-    application.add_handler(CallbackQueryHandler(handlers.on_feedback_button, pattern=r"^fb:\d+:(ok|\d)$"))
+    application.add_handler(
+        CallbackQueryHandler(handlers.on_feedback_button, pattern=r"^fb:[0-9]+:(ok|[0-9])$")
+    )
     application.add_handler(CallbackQueryHandler(handlers.on_forget_button, pattern=r"^forget:(yes|no)$"))
     not_images = (
         filters.Sticker.ALL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -217,7 +218,7 @@ async def on_correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     """/correct 7 or /correct 2024: as a reply to my answer or the photo, or for the user's latest photo."""
     message, user = update.effective_message, update.effective_user
     svc = services(context)
-    if len(context.args) != 1 or not context.args[0].isdigit() or len(context.args[0]) > 8:
+    if len(context.args) != 1 or not re.fullmatch(r"[0-9]{1,8}", context.args[0]):
         await message.reply_text(
             "Usage: /correct 7 (or /correct 2024), as a reply to my answer, or alone to "
             "correct your latest photo."

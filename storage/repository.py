@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage.models import Feedback, ModelVersion, Prediction, TrainingRun, User, utcnow
 
 MODEL_STATUSES = ("candidate", "active", "rejected", "retired")
+# ASCII only: str.isdigit() and regex \d also accept "²" or "٣", which training's int() then chokes on.
+LABEL = re.compile(r"[0-9]{1,16}")
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,8 @@ class Store:
     def record_feedback(self, prediction_id: int, user_id: int, digits: str | None) -> Feedback:
         """The user's answer to a prediction: `digits` is the right answer, None confirms the prediction.
         One feedback per user and prediction: a later call replaces the earlier one."""
+        if digits is not None and not LABEL.fullmatch(digits):
+            raise ValueError(f"a label is 1-16 ASCII digits, not {digits!r}")
         with self.session.begin() as s:
             prediction = s.get(Prediction, prediction_id)
             if prediction is None:

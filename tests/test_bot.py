@@ -139,6 +139,15 @@ def test_correct_as_a_reply_and_for_the_latest_photo(fake, bot, mnist, store):
     assert "Send me a photo first" in text_reply(fake, 15, "/correct 1")["text"]
 
 
+def test_only_ascii_digits_are_labels(fake, bot, mnist, store):
+    reply = photo_reply(fake, 23, synthetic_photo(mnist, "3", "clean", seed=3))
+    prediction_id = reply["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1]
+    fake.press(23, reply["_message"], f"fb:{prediction_id}:٣")  # an Arabic-Indic 3 matches regex \d
+    assert "Usage" in text_reply(fake, 23, "/correct ²")["text"]  # str.isdigit() says yes to it
+    assert store.stats(23).feedback == 0  # neither was stored
+    store.training_set()  # and training can read every stored label
+
+
 def test_stats_text_and_chart(fake, bot, mnist):
     reply = photo_reply(fake, 16, synthetic_photo(mnist, "1", "clean", seed=1))
     mark = fake.mark()

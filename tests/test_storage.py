@@ -214,6 +214,14 @@ def test_feedback_on_unknown_prediction_is_an_error(store):
         store.record_feedback(12345, 1, "3")
 
 
+@pytest.mark.parametrize("label", ["²", "٣", "7a", "", "1" * 17])
+def test_feedback_labels_are_ascii_digits_only(store, label):
+    pid = predict(store, 1, "7")
+    with pytest.raises(ValueError):
+        store.record_feedback(pid, 1, label)
+    assert store.stats().feedback == 0
+
+
 def test_training_set_caps_conflicts_bans_and_lengths(store):
     for i in range(6):  # user 1: six corrections, capped to the newest three
         store.record_feedback(predict(store, 1, "1", seed=i), 1, "7")
