@@ -89,11 +89,19 @@ class Store:
             self._touch_user(s, user_id, None).banned = banned
 
     def forget_user(self, user_id: int) -> bool:
-        """Delete the user and everything of theirs (predictions, samples, feedback). True if they existed."""
+        """Delete everything of the user's (predictions, samples, feedback) and the user, but not a ban: a
+        banned user's row stays, nameless, or /forget would lift it. True if they existed."""
         with self.session.begin() as s:
             s.execute(delete(Feedback).where(Feedback.user_id == user_id))
             s.execute(delete(Prediction).where(Prediction.user_id == user_id))
-            return s.execute(delete(User).where(User.id == user_id)).rowcount > 0
+            user = s.get(User, user_id)
+            if user is None:
+                return False
+            if user.banned:
+                user.name = ""
+            else:
+                s.delete(user)
+            return True
 
     # --- predictions and feedback ----------------------------------------------------------------------
     def record_prediction(

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import OperationalError
 
 from storage.db import connect, downgrade, make_engine, upgrade
-from storage.models import Feedback, Prediction, utcnow
+from storage.models import Feedback, Prediction, User, utcnow
 from storage.repository import Store
 
 POSTGRES_URL = os.environ.get(
@@ -255,6 +255,16 @@ def test_forget_user_removes_everything_of_theirs(store):
         assert [(f.user_id, f.prediction_id) for f in s.query(Feedback).all()] == []
         assert [p.id for p in s.query(Prediction).all()] == [theirs]
     assert not store.forget_user(1)
+
+
+def test_a_ban_survives_forget(store):
+    store.record_feedback(predict(store, 1, "3", user_name="Spammer"), 1, "8")
+    store.set_banned(1)
+    assert store.forget_user(1)
+    assert store.see_user(1)  # still banned
+    assert store.stats(1).predictions == 0 and len(store.training_set().labels) == 0
+    with store.session() as s:
+        assert s.get(User, 1).name == ""  # nothing else of theirs is kept
 
 
 def test_stats_on_a_known_fixture(store):
