@@ -11,11 +11,13 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -56,6 +58,9 @@ class Prediction(Base):
     inputs: Mapped[bytes | None] = mapped_column(LargeBinary)  # uint8 (N, 28, 28), None once purged
     input_count: Mapped[int] = mapped_column(Integer, default=0)
     photo: Mapped[bytes | None] = mapped_column(LargeBinary)  # only when the settings ask to keep photos
+    # The photo itself, gray, longest side <= 640 px (what the pipeline works at): training inputs are
+    # derived from it when it gets feedback, with the pipeline of that day and the label's digit count.
+    image: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
     user: Mapped[User] = relationship(back_populates="predictions")
@@ -77,8 +82,21 @@ class Feedback(Base):
     prediction: Mapped[Prediction] = relationship(back_populates="feedback")
 
 
+ONE_ACTIVE = "status = 'active'"
+
+
 class ModelVersion(Base):
     __tablename__ = "model_versions"
+    # At most one active version, whatever two instances promote or roll back at the same moment.
+    __table_args__ = (
+        Index(
+            "one_active_model",
+            "status",
+            unique=True,
+            sqlite_where=text(ONE_ACTIVE),
+            postgresql_where=text(ONE_ACTIVE),
+        ),
+    )
 
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     path: Mapped[str] = mapped_column(String(1024))

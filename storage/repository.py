@@ -22,11 +22,30 @@ LABEL = re.compile(r"[0-9]{1,16}")
 
 
 @dataclass(frozen=True)
-class TrainingSet:
-    images: np.ndarray  # uint8 (N, 28, 28), white ink on black
-    labels: np.ndarray  # int64 (N,)
-    feedback_ids: list[int]  # the feedback rows these samples came from, one per sample
-    users: np.ndarray  # int64 (N,) who gave each label
+class LabelledPhoto:
+    """One photo with the right answer a user gave for it (a correction or a confirmation)."""
+
+    feedback_id: int
+    user_id: int
+    label: str  # the right digits, ASCII 0-9
+    confirmed: bool  # the model's answer was right
+    inputs: np.ndarray  # uint8 (N, 28, 28): what the model saw when it answered (N may differ from the label)
+    image: bytes | None  # the photo, downscaled; None for rows stored before photos were kept
+    new: bool  # no training run has consumed it yet
+
+
+@dataclass(frozen=True)
+class FeedbackSet:
+    """The feedback a training run may learn from, and what the rules left out (reason -> count)."""
+
+    photos: list[LabelledPhoto]
+    left_out: dict[str, int]
+    left_out_ids: list[int]
+
+    @property
+    def considered_ids(self) -> list[int]:
+        """Every feedback row this selection looked at: a run that finishes consumes them all."""
+        return [p.feedback_id for p in self.photos] + self.left_out_ids
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,16 @@ def _alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+UNRATED_PHOTO_LIFETIME = timedelta(days=1)
+RUN_LOCK, ACTIVATION_LOCK = 7243191, 7243192
+
+
+def _serialise(s: Session, key: int) -> None:
+    """One such transaction at a time across instances. SQLite: BEGIN IMMEDIATE already does this."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def pack_inputs(inputs: np.ndarray) -> bytes:
@@ -117,6 +146,7 @@ class Store:
         file_unique_id: str | None = None,
         user_name: str | None = None,
         photo: bytes | None = None,
+        image: bytes | None = None,
     ) -> int:
         with self.session.begin() as s:
             self._touch_user(s, user_id, user_name)
@@ -132,6 +162,7 @@ class Store:
                 inputs=pack_inputs(inputs) if len(inputs) else None,
                 input_count=len(inputs),
                 photo=photo,
+                image=image,
             )
             s.add(prediction)
             s.flush()
@@ -191,18 +222,17 @@ class Store:
             s.flush()
             return feedback
 
-    def count_new_feedback(self) -> int:
-        """Corrections no training run has consumed yet."""
-        with self.session() as s:
-            query = select(func.count(Feedback.id)).where(
-                Feedback.training_run_id.is_(None), ~Feedback.confirmed
-            )
-            return s.scalar(query) or 0
+    def count_new_feedback(self, max_per_user: int = 200) -> int:
+        """Corrections no training run has consumed yet, counted with the rules that choose what a run
+        learns from: a banned user's, capped or conflicting corrections never trigger a run."""
+        chosen = self.labelled_photos(max_per_user, with_images=False).photos
+        return sum(1 for photo in chosen if photo.new and not photo.confirmed)
 
-    def training_set(self, max_per_user: int = 200) -> TrainingSet:
-        """Labelled 28x28 samples from feedback: per digit where the answer has as many digits as were
-        seen. Banned users are left out, each user gives at most `max_per_user` samples (their newest),
-        and samples of the same photo or image that disagree on the label are dropped."""
+    def labelled_photos(self, max_per_user: int = 200, with_images: bool = True) -> FeedbackSet:
+        """The feedback a training run learns from, newest first. Left out, and counted by reason: banned
+        users, photos whose stored images retention deleted, photos labelled differently by different
+        feedback (the same Telegram file, or the same crops), and each user's photos beyond their newest
+        `max_per_user`."""
         with self.session() as s:
             query = (
                 select(
@@ -210,54 +240,66 @@ class Store:
                     Feedback.user_id,
                     Feedback.digits,
                     Feedback.confirmed,
+                    Feedback.training_run_id,
+                    Prediction.id.label("prediction_id"),
                     Prediction.inputs,
                     Prediction.file_unique_id,
+                    (Prediction.image.is_not(None)).label("has_image"),
+                    User.banned,
                 )
                 .join(Prediction, Feedback.prediction_id == Prediction.id)
                 .join(User, Feedback.user_id == User.id)
-                .where(~User.banned, Prediction.inputs.is_not(None))
-                .where(func.length(Feedback.digits) == Prediction.input_count)
                 .order_by(Feedback.created_at.desc(), Feedback.id.desc())
             )
             rows = s.execute(query).all()
-        samples = []  # (feedback id, user, image, label, key)
-        for row in rows:
-            images = unpack_inputs(row.inputs)
-            for position, (image, label) in enumerate(zip(images, row.digits, strict=True)):
-                photo_key = f"{row.file_unique_id}:{position}" if row.file_unique_id else None
-                samples.append(
-                    (
-                        row.id,
-                        row.user_id,
-                        image,
-                        int(label),
-                        hashlib.sha1(image.tobytes()).hexdigest(),
-                        photo_key,
-                    )
-                )
+
+        def photo_key(row) -> str | None:
+            if row.file_unique_id:
+                return row.file_unique_id
+            return hashlib.sha1(row.inputs).hexdigest() if row.inputs else None
+
         labels_of = defaultdict(set)
-        for _, _, _, label, image_key, photo_key in samples:
-            labels_of[image_key].add(label)
-            if photo_key:
-                labels_of[photo_key].add(label)
-        taken, per_user = [], defaultdict(int)
-        for sample in samples:
-            _, user, _, _, image_key, photo_key = sample
-            if len(labels_of[image_key]) > 1 or (photo_key and len(labels_of[photo_key]) > 1):
+        for row in rows:
+            if key := photo_key(row):
+                labels_of[key].add(row.digits)
+        chosen, left_out, left_out_ids, per_user = [], defaultdict(int), [], defaultdict(int)
+        for row in rows:
+            key = photo_key(row)
+            if row.banned:
+                reason = "banned user"
+            elif row.inputs is None and not row.has_image:
+                reason = "stored images deleted (retention)"
+            elif key and len(labels_of[key]) > 1:
+                reason = "conflicting labels for one photo"
+            elif per_user[row.user_id] >= max_per_user:
+                reason = f"over the cap of {max_per_user} photos per user"
+            else:
+                per_user[row.user_id] += 1
+                chosen.append(row)
                 continue
-            if per_user[user] >= max_per_user:
-                continue
-            per_user[user] += 1
-            taken.append(sample)
-        if not taken:
-            empty = np.zeros(0, np.int64)
-            return TrainingSet(np.zeros((0, 28, 28), np.uint8), empty, [], empty)
-        return TrainingSet(
-            images=np.stack([t[2] for t in taken]),
-            labels=np.array([t[3] for t in taken], np.int64),
-            feedback_ids=[t[0] for t in taken],
-            users=np.array([t[1] for t in taken], np.int64),
-        )
+            left_out[reason] += 1
+            left_out_ids.append(row.id)
+        images = self._images([row.prediction_id for row in chosen if row.has_image]) if with_images else {}
+        photos = [
+            LabelledPhoto(
+                feedback_id=row.id,
+                user_id=row.user_id,
+                label=row.digits,
+                confirmed=row.confirmed,
+                inputs=unpack_inputs(row.inputs) if row.inputs else np.zeros((0, 28, 28), np.uint8),
+                image=images.get(row.prediction_id),
+                new=row.training_run_id is None,
+            )
+            for row in chosen
+        ]
+        return FeedbackSet(photos, dict(left_out), left_out_ids)
+
+    def _images(self, prediction_ids: list[int]) -> dict[int, bytes]:
+        with self.session() as s:
+            rows = s.execute(
+                select(Prediction.id, Prediction.image).where(Prediction.id.in_(prediction_ids))
+            ).all()
+        return {row.id: row.image for row in rows}
 
     def purge_samples(self, older_than_days: int) -> int:
         """Retention: drop the stored images of predictions older than N days, keeping rows and counts."""
@@ -266,8 +308,24 @@ class Store:
             result = s.execute(
                 update(Prediction)
                 .where(Prediction.created_at < cutoff)
-                .where(Prediction.inputs.is_not(None) | Prediction.photo.is_not(None))
-                .values(inputs=None, photo=None)
+                .where(
+                    Prediction.inputs.is_not(None)
+                    | Prediction.photo.is_not(None)
+                    | Prediction.image.is_not(None)
+                )
+                .values(inputs=None, photo=None, image=None)
+            )
+            return result.rowcount
+
+    def drop_unrated_photos(self, older_than: timedelta = UNRATED_PHOTO_LIFETIME) -> int:
+        """Kept photos are for learning from feedback: drop those of predictions nobody rated in time."""
+        rated = select(Feedback.prediction_id)
+        with self.session.begin() as s:
+            result = s.execute(
+                update(Prediction)
+                .where(Prediction.created_at < utcnow() - older_than, Prediction.image.is_not(None))
+                .where(Prediction.id.not_in(rated))
+                .values(image=None)
             )
             return result.rowcount
 
@@ -348,7 +406,9 @@ class Store:
             return (s.scalar(select(func.max(ModelVersion.version))) or 0) + 1
 
     def _activate(self, s: Session, version: int) -> None:
+        _serialise(s, ACTIVATION_LOCK)
         s.execute(update(ModelVersion).where(ModelVersion.status == "active").values(status="retired"))
+        s.flush()  # the old row retired before the new one is active: one active row at every step
         s.execute(update(ModelVersion).where(ModelVersion.version == version).values(status="active"))
 
     def activate(self, version: int) -> None:
@@ -357,6 +417,37 @@ class Store:
             if s.get(ModelVersion, version) is None:
                 raise KeyError(f"no model version {version}")
             self._activate(s, version)
+
+    def finish_run_with_candidate(
+        self,
+        run_id: int,
+        candidate: ModelVersion,
+        promote: bool,
+        metrics: dict,
+        consumed: list[int],
+    ) -> str:
+        """Record the candidate, promote it (only if its parent is still the active version: a /rollback
+        or another promotion during the run wins) or reject it, and close the run: one transaction, so a
+        kill at any moment leaves either all of it or none. Returns the run's status."""
+        with self.session.begin() as s:
+            _serialise(s, ACTIVATION_LOCK)
+            active = s.scalar(select(ModelVersion.version).where(ModelVersion.status == "active"))
+            if promote and active != candidate.parent_version:
+                promote = False
+                candidate.note = (
+                    f"not promoted: the active version changed during the run "
+                    f"(v{candidate.parent_version} -> v{active})"
+                )
+            candidate.status = "candidate"
+            s.add(candidate)
+            s.flush()
+            if promote:
+                self._activate(s, candidate.version)
+            else:
+                candidate.status = "rejected"
+            status = "promoted" if promote else "rejected"
+            self._close_run(s, run_id, status, metrics, "", candidate.version, consumed)
+            return status
 
     def set_model_status(self, version: int, status: str, note: str | None = None) -> None:
         if status not in MODEL_STATUSES or status == "active":
@@ -377,8 +468,7 @@ class Store:
     def claim_run(self, trigger: str, requested_by: int | None = None) -> int | None:
         """Start a training run, or return None when one is already running (on any bot instance)."""
         with self.session.begin() as s:
-            if s.get_bind().dialect.name == "postgresql":
-                s.execute(text("SELECT pg_advisory_xact_lock(7243191)"))  # SQLite: BEGIN IMMEDIATE does this
+            _serialise(s, RUN_LOCK)
             if s.scalar(select(func.count(TrainingRun.id)).where(TrainingRun.status == "running")):
                 return None
             run = TrainingRun(
@@ -392,9 +482,9 @@ class Store:
         with self.session.begin() as s:
             s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(pid=pid))
 
-    def run_status(self, run_id: int) -> str | None:
+    def training_run(self, run_id: int) -> TrainingRun | None:
         with self.session() as s:
-            return s.scalar(select(TrainingRun.status).where(TrainingRun.id == run_id))
+            return s.get(TrainingRun, run_id)
 
     def finish_run(
         self,
@@ -405,13 +495,25 @@ class Store:
         candidate_version: int | None = None,
         consumed: list[int] | None = None,
     ) -> None:
-        """Close a run; the feedback it trained on (`consumed`) is marked with it in the same transaction."""
+        """Close a run; the feedback it considered (`consumed`) is marked with it in the same transaction."""
         with self.session.begin() as s:
-            run = s.get(TrainingRun, run_id)
-            run.status, run.finished_at, run.error = status, utcnow(), error
-            run.metrics, run.candidate_version = metrics or {}, candidate_version
-            if consumed:
-                s.execute(update(Feedback).where(Feedback.id.in_(consumed)).values(training_run_id=run_id))
+            self._close_run(s, run_id, status, metrics, error, candidate_version, consumed)
+
+    @staticmethod
+    def _close_run(
+        s: Session,
+        run_id: int,
+        status: str,
+        metrics: dict | None,
+        error: str,
+        candidate_version: int | None,
+        consumed: list[int] | None,
+    ) -> None:
+        run = s.get(TrainingRun, run_id)
+        run.status, run.finished_at, run.error = status, utcnow(), error
+        run.metrics, run.candidate_version = metrics or {}, candidate_version
+        if consumed:
+            s.execute(update(Feedback).where(Feedback.id.in_(consumed)).values(training_run_id=run_id))
 
     def fail_stale_runs(self, reason: str = "interrupted: its process stopped during the run") -> int:
         """Runs marked running whose process on this host is gone: mark them failed."""

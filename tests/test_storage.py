@@ -14,10 +14,10 @@ from datetime import timedelta
 import numpy as np
 import pytest
 from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from storage.db import connect, downgrade, make_engine, upgrade
-from storage.models import Feedback, Prediction, User, utcnow
+from storage.models import Feedback, ModelVersion, Prediction, User, utcnow
 from storage.repository import Store
 
 POSTGRES_URL = os.environ.get(
@@ -85,7 +85,7 @@ def test_an_old_database_is_upgraded_in_place(db_url):
                 "VALUES (5, 'old', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, false)"
             )
         )
-    connect(db_url).dispose()  # a start with the new code: schema 0002, data kept
+    connect(db_url).dispose()  # a start with the new code: the newest schema, data kept
     assert store.see_user(5) is False and store.claim_run("cli") is not None
     engine.dispose()
 
@@ -102,7 +102,7 @@ def test_migrations_from_empty_to_head_and_back(db_url):
         "alembic_version",
     } <= tables
     with engine.connect() as c:
-        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
     connect(db_url).dispose()  # a second start finds nothing to do
     downgrade(engine, "base")
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
@@ -222,24 +222,36 @@ def test_feedback_labels_are_ascii_digits_only(store, label):
     assert store.stats().feedback == 0
 
 
-def test_training_set_caps_conflicts_bans_and_lengths(store):
+def test_labelled_photos_caps_conflicts_and_bans(store):
     for i in range(6):  # user 1: six corrections, capped to the newest three
-        store.record_feedback(predict(store, 1, "1", seed=i), 1, "7")
-    store.record_feedback(predict(store, 2, "23", seed=50), 2, "28")  # a number: two samples
-    store.record_feedback(predict(store, 2, "23", seed=51), 2, "238")  # length mismatch: unusable
+        store.record_feedback(predict(store, 1, "1", seed=i, image=b"photo%d" % i), 1, "7")
+    store.record_feedback(predict(store, 2, "23", seed=50), 2, "28")
+    store.record_feedback(predict(store, 2, "23", seed=51), 2, "238")  # the trainer matches lengths
     a = predict(store, 3, "5", seed=60, file_unique_id="same-photo")  # one photo, two different labels
     b = predict(store, 4, "5", seed=61, file_unique_id="same-photo")
     store.record_feedback(a, 3, "6")
     store.record_feedback(b, 4, "8")
     store.record_feedback(predict(store, 5, "0", seed=70), 5, "9")
     store.set_banned(5)
-    training = store.training_set(max_per_user=3)
-    assert sorted(training.users.tolist()) == [1, 1, 1, 2, 2]
-    assert sorted(training.labels.tolist()) == [2, 7, 7, 7, 8]
-    assert training.images.shape == (5, 28, 28) and training.images.dtype == np.uint8
-    np.testing.assert_array_equal(
-        training.images[training.users == 1][0], (inputs(1, seed=5)[0] * 255).round().astype(np.uint8)
-    )  # the newest
+    chosen = store.labelled_photos(max_per_user=3)
+    assert sorted((p.user_id, p.label) for p in chosen.photos) == [
+        (1, "7"),
+        (1, "7"),
+        (1, "7"),
+        (2, "238"),
+        (2, "28"),
+    ]
+    assert chosen.left_out == {
+        "over the cap of 3 photos per user": 3,
+        "conflicting labels for one photo": 2,
+        "banned user": 1,
+    }
+    newest = next(p for p in chosen.photos if p.user_id == 1)
+    assert newest.image == b"photo5" and not newest.confirmed and newest.new
+    np.testing.assert_array_equal(newest.inputs, (inputs(1, seed=5) * 255).round().astype(np.uint8))
+    assert len(chosen.considered_ids) == 11
+    assert store.count_new_feedback(max_per_user=3) == 5  # what a run would learn from, no more
+    assert all(p.image is None for p in store.labelled_photos(3, with_images=False).photos)
 
 
 def test_forget_user_removes_everything_of_theirs(store):
@@ -307,7 +319,11 @@ def test_training_runs_consume_feedback_and_stale_runs_fail(store):
     run = store.claim_run("admin", requested_by=1)
     assert store.claim_run("schedule") is None  # one run at a time
     store.finish_run(
-        run, "promoted", {"mnist": 0.996}, candidate_version=2, consumed=store.training_set().feedback_ids
+        run,
+        "promoted",
+        {"mnist": 0.996},
+        candidate_version=2,
+        consumed=store.labelled_photos().considered_ids,
     )
     assert store.count_new_feedback() == 0
     assert store.last_run().metrics == {"mnist": 0.996}
@@ -324,11 +340,92 @@ def test_training_runs_consume_feedback_and_stale_runs_fail(store):
 
 
 def test_retention_purges_old_samples_but_keeps_counts(store):
-    old, new = predict(store, 1, "1"), predict(store, 1, "2")
+    old, new = predict(store, 1, "1", image=b"old photo"), predict(store, 1, "2")
     store.record_feedback(old, 1, "7")
     with store.session.begin() as s:
         s.get(Prediction, old).created_at = utcnow() - timedelta(days=40)
     assert store.purge_samples(older_than_days=30) == 1
     assert store.get_prediction(old).inputs is None and store.get_prediction(new).inputs is not None
     assert store.stats().predictions == 2 and store.stats().feedback == 1
-    assert len(store.training_set().labels) == 0  # the old sample is gone from training
+    chosen = store.labelled_photos()
+    assert chosen.photos == [] and chosen.left_out == {"stored images deleted (retention)": 1}
+
+
+def test_a_run_consumes_the_feedback_it_could_not_use(store):
+    for user in (1, 2):
+        store.record_feedback(predict(store, user, "4", seed=user), user, "9")
+    store.set_banned(2)
+    assert store.count_new_feedback() == 1  # a banned user's corrections never trigger a run
+    run = store.claim_run("schedule")
+    store.finish_run(run, "failed", consumed=store.labelled_photos().considered_ids)
+    assert store.count_new_feedback() == 0
+    store.set_banned(2, False)
+    assert store.count_new_feedback() == 0  # considered once: not new again
+
+
+def test_unrated_photos_are_dropped_after_a_day(store):
+    rated, unrated, recent = (predict(store, 1, d, image=b"jpeg") for d in "123")
+    store.record_feedback(rated, 1, "7")
+    with store.session.begin() as s:
+        for pid in (rated, unrated):
+            s.get(Prediction, pid).created_at = utcnow() - timedelta(days=2)
+    assert store.drop_unrated_photos() == 1
+    kept = {pid: store.get_prediction(pid).image for pid in (rated, unrated, recent)}
+    assert kept == {rated: b"jpeg", unrated: None, recent: b"jpeg"}
+
+
+def test_the_database_refuses_a_second_active_model(store):
+    store.add_model_version(1, "v1.keras", "1" * 64, status="active")
+    store.add_model_version(2, "v2.keras", "2" * 64, parent_version=1)
+    with pytest.raises(IntegrityError), store.session.begin() as s:
+        s.execute(text("UPDATE model_versions SET status = 'active' WHERE version = 2"))
+    store.activate(2)  # the repository retires the old one first
+    assert [(m.version, m.status) for m in store.model_versions()] == [(1, "retired"), (2, "active")]
+
+
+def test_the_migration_keeps_only_the_newest_of_two_active_models(db_url):
+    engine = make_engine(db_url)
+    upgrade(engine, "0002")
+    with engine.begin() as c:
+        for version in (1, 2):
+            c.execute(
+                text(
+                    "INSERT INTO model_versions (version, path, sha256, created_at, status, note) "
+                    "VALUES (:v, 'm.keras', 'x', CURRENT_TIMESTAMP, 'active', '')"
+                ),
+                {"v": version},
+            )
+    upgrade(engine)
+    assert [(m.version, m.status) for m in Store(engine).model_versions()] == [(1, "retired"), (2, "active")]
+    engine.dispose()
+
+
+def candidate(version: int, parent: int) -> ModelVersion:
+    return ModelVersion(version=version, path=f"v{version}.keras", sha256="c" * 64, parent_version=parent)
+
+
+def test_promotion_is_one_transaction_that_a_rollback_during_the_run_wins(store):
+    store.add_model_version(1, "v1.keras", "1" * 64, status="active")
+    store.add_model_version(2, "v2.keras", "2" * 64, parent_version=1)
+    store.activate(2)
+    store.record_feedback(predict(store, 1, "4"), 1, "9")
+    run = store.claim_run("admin")
+    store.activate(1)  # an admin's /rollback while the run (based on v2) trains
+    status = store.finish_run_with_candidate(
+        run, candidate(3, parent=2), True, {"p": 1}, store.labelled_photos().considered_ids
+    )
+    assert status == "rejected" and store.active_model().version == 1
+    versions = {m.version: m for m in store.model_versions()}
+    assert versions[3].status == "rejected" and "active version changed" in versions[3].note
+    assert store.training_run(run).status == "rejected" and store.count_new_feedback() == 0
+    run = store.claim_run("admin")
+    assert store.finish_run_with_candidate(run, candidate(4, parent=1), True, {}, []) == "promoted"
+    assert store.active_model().version == 4 and store.training_run(run).candidate_version == 4
+
+
+def test_a_failed_promotion_leaves_nothing_half_done(store):
+    store.add_model_version(1, "v1.keras", "1" * 64, status="active")
+    run = store.claim_run("admin")
+    with pytest.raises(IntegrityError):  # version 1 exists: the insert fails inside the transaction
+        store.finish_run_with_candidate(run, candidate(1, parent=1), True, {}, [])
+    assert store.active_model().version == 1 and store.training_run(run).status == "running"
