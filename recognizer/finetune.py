@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 class FineTuneConfig:
     epochs: int = 3
     mnist_samples: int = 20_000  # MNIST training images mixed in, so the model keeps what it knew
-    feedback_share: float = 0.25  # corrected samples are oversampled to this share of the mix
+    feedback_share: float = 0.25  # corrected samples are oversampled to at most this share of the mix
+    max_repeats: int = 40  # ...but no sample more often than this (augmented each time): 3 corrections
+    # must not weigh like 300, or MNIST suffers and one photo is memorised
+    max_user_share: float = 0.25  # one user's samples fill at most this share of the corrections' part
     learning_rate: float = 3e-4  # a fraction of training's: adjust, do not relearn
     batch_size: int = 128
     time_budget_s: float = 240.0
@@ -50,24 +53,34 @@ class TimeBudget(keras.callbacks.Callback):
             )
 
 
+def repeats(users: np.ndarray, mnist_samples: int, config: FineTuneConfig) -> np.ndarray:
+    """How often each corrected sample (given by its user) appears in the mix: oversampled towards
+    `feedback_share`, at most `max_repeats` times, and no user beyond `max_user_share` of that part."""
+    if not len(users):
+        return np.zeros(0, np.int64)
+    budget = config.feedback_share / (1 - config.feedback_share) * mnist_samples
+    each = np.full(len(users), min(config.max_repeats, max(1, int(budget // len(users)))), np.int64)
+    ids, counts = np.unique(users, return_counts=True)
+    for user, count in zip(ids, counts, strict=True):
+        each[users == user] = np.clip(int(config.max_user_share * budget // count), 1, each[users == user])
+    return each
+
+
 def fine_tune(
     model: keras.Model,
     mnist: Mnist,
     images: np.ndarray,
     labels: np.ndarray,
+    users: np.ndarray,
     config: FineTuneConfig,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, list[float]]:
-    """Continue training `model` in place on a mix of MNIST and the corrected (uint8 28x28) samples."""
+    """Continue training `model` in place on a mix of MNIST and the users' (uint8 28x28) samples."""
     rng = np.random.default_rng(config.seed)
     pick = rng.choice(len(mnist.x_train), min(config.mnist_samples, len(mnist.x_train)), replace=False)
-    x, y = [mnist.x_train[pick]], [mnist.y_train[pick].astype(np.int64)]
-    if len(images):
-        wanted = config.feedback_share / (1 - config.feedback_share) * len(pick)
-        repeats = max(1, math.ceil(wanted / len(images)))
-        x.append(np.repeat(images, repeats, axis=0))
-        y.append(np.repeat(labels.astype(np.int64), repeats))
-    train = (to_model_input(np.concatenate(x)), np.concatenate(y))
+    each = repeats(users, len(pick), config)
+    x = np.concatenate([mnist.x_train[pick], np.repeat(images, each, axis=0)])
+    y = np.concatenate([mnist.y_train[pick].astype(np.int64), np.repeat(labels.astype(np.int64), each)])
     settings = TrainConfig(
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -75,9 +88,28 @@ def fine_tune(
         seed=config.seed,
         validation_split=0.0,
     )
-    log.info("fine-tuning on %d images (%d corrected samples, oversampled)", len(train[0]), len(images))
+    log.info(
+        "fine-tuning on %d images: %d MNIST, %d users' samples repeated %d-%d times",
+        len(x),
+        len(pick),
+        len(images),
+        each.min(initial=0),
+        each.max(initial=0),
+    )
     budget = TimeBudget(config.time_budget_s, progress)
-    return fit(model, train, None, settings, verbose=0, extra_callbacks=[budget])
+    return fit(model, (to_model_input(x), y), None, settings, verbose=0, extra_callbacks=[budget])
+
+
+MIN_HOLDOUT_SAMPLES = 20  # fewer held-out samples (or users) than this cannot show a candidate is worse
+MIN_HOLDOUT_USERS = 2
+SIGNIFICANCE = 0.05
+
+
+def mcnemar_worse(worse: int, better: int) -> float:
+    """Exact one-sided McNemar test: the chance of at least `worse` of the `worse + better` samples on which
+    the two models disagree going against the candidate if both were equally good (a fair coin per sample)."""
+    n = worse + better
+    return sum(math.comb(n, k) for k in range(worse, n + 1)) / 2**n
 
 
 @dataclass(frozen=True)
@@ -86,9 +118,13 @@ class Gate:
     reason: str
     active_mnist: float
     candidate_mnist: float
-    active_feedback: float | None
+    holdout: int  # held-out feedback samples
+    holdout_users: int
+    active_feedback: float | None  # accuracy on them
     candidate_feedback: float | None
-    holdout: int
+    worse: int = 0  # held-out samples the active model reads right and the candidate wrong
+    better: int = 0  # ...and the other way round
+    p_value: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -101,28 +137,38 @@ class Gate:
             f"             active  candidate\n"
             f"MNIST test   {pct(self.active_mnist)}  {pct(self.candidate_mnist)}\n"
             f"feedback     {pct(self.active_feedback)}  {pct(self.candidate_feedback)}"
-            f"  ({self.holdout} held out)"
+            f"  ({self.holdout} held out, from {self.holdout_users} users)"
         )
 
 
 def judge(
     active_mnist: float,
     candidate_mnist: float,
-    active_feedback: float | None,
-    candidate_feedback: float | None,
+    active_right: np.ndarray,
+    candidate_right: np.ndarray,
+    holdout_users: int,
     max_mnist_drop: float,
-) -> tuple[bool, str]:
-    """Promote only if MNIST accuracy drops by at most `max_mnist_drop` and feedback accuracy doesn't drop."""
+) -> tuple[bool, str, float | None]:
+    """-> (promote, reason, p-value). MNIST test accuracy may drop by at most `max_mnist_drop`; on held-out
+    feedback (per sample: right or not, for each model) the candidate is rejected only when an exact
+    McNemar test says it is worse at the 5% level, so one sample flipping decides nothing."""
     drop = active_mnist - candidate_mnist
     if drop > max_mnist_drop + 1e-9:  # accuracies are counts / 10,000: compare without float noise
-        return False, f"MNIST test accuracy dropped {drop:.2%} (more than {max_mnist_drop:.2%})"
-    if (
-        active_feedback is not None
-        and candidate_feedback is not None
-        and candidate_feedback < active_feedback
-    ):
-        return False, f"accuracy on held-out feedback dropped {active_feedback - candidate_feedback:.2%}"
-    return True, "no worse on MNIST test and on held-out feedback"
+        return False, f"MNIST test accuracy dropped {drop:.2%} (more than {max_mnist_drop:.2%})", None
+    if len(active_right) < MIN_HOLDOUT_SAMPLES or holdout_users < MIN_HOLDOUT_USERS:
+        return (
+            True,
+            f"too little held-out feedback to judge ({len(active_right)} samples from {holdout_users} "
+            f"users): decided on MNIST test accuracy alone, within {max_mnist_drop:.2%}",
+            None,
+        )
+    worse = int(np.sum(active_right & ~candidate_right))
+    better = int(np.sum(candidate_right & ~active_right))
+    p = mcnemar_worse(worse, better)
+    found = f"on held-out feedback {worse} samples now wrong, {better} now right (exact McNemar p={p:.3f})"
+    if p < SIGNIFICANCE:
+        return False, f"worse {found}", p
+    return True, f"MNIST test accuracy within {max_mnist_drop:.2%}; {found}", p
 
 
 def gate(
@@ -131,32 +177,40 @@ def gate(
     mnist: Mnist,
     holdout_images: np.ndarray,
     holdout_labels: np.ndarray,
+    holdout_users: int,
     max_mnist_drop: float = 0.002,
 ) -> Gate:
     """Score both models on the MNIST test set and on held-out feedback samples (never trained on)."""
     x_test = to_model_input(mnist.x_test)
-    scores = {}
+    mnist_accuracy, right = {}, {}
     for name, model in (("active", active), ("candidate", candidate)):
-        mnist_accuracy = evaluate_arrays(model, x_test, mnist.y_test).accuracy
-        feedback = (
-            evaluate_arrays(model, to_model_input(holdout_images), holdout_labels).accuracy
+        mnist_accuracy[name] = evaluate_arrays(model, x_test, mnist.y_test).accuracy
+        predicted = (
+            model.predict(to_model_input(holdout_images), verbose=0).argmax(axis=1)
             if len(holdout_images)
-            else None
+            else np.zeros(0, np.int64)
         )
-        scores[name] = (mnist_accuracy, feedback)
-    promote, reason = judge(
-        scores["active"][0],
-        scores["candidate"][0],
-        scores["active"][1],
-        scores["candidate"][1],
+        right[name] = predicted == holdout_labels
+    promote, reason, p = judge(
+        mnist_accuracy["active"],
+        mnist_accuracy["candidate"],
+        right["active"],
+        right["candidate"],
+        holdout_users,
         max_mnist_drop,
     )
+    judged = len(holdout_images) > 0
+
     return Gate(
-        promote,
-        reason,
-        scores["active"][0],
-        scores["candidate"][0],
-        scores["active"][1],
-        scores["candidate"][1],
-        len(holdout_images),
+        promote=promote,
+        reason=reason,
+        active_mnist=mnist_accuracy["active"],
+        candidate_mnist=mnist_accuracy["candidate"],
+        holdout=len(holdout_images),
+        holdout_users=holdout_users,
+        active_feedback=float(right["active"].mean()) if judged else None,
+        candidate_feedback=float(right["candidate"].mean()) if judged else None,
+        worse=int(np.sum(right["active"] & ~right["candidate"])),
+        better=int(np.sum(right["candidate"] & ~right["active"])),
+        p_value=p,
     )

@@ -1,0 +1,136 @@
+"""Training inputs from a photo and the right answer a user gave for it.
+
+When the model misread a photo, the crops it saw are often wrong too: line removal ate a stroke, a digit
+was split in two, or nothing was found at all. The label says how many digits there are, so at training
+time the stored photo is segmented again, with the current pipeline, into exactly that many digits:
+several segmentation hypotheses (the pipeline's own, strokes that line removal ate put back, a lower ink
+threshold; groups merged or split until the count matches) and the one whose crops the model finds most
+likely to be the labelled digits wins.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from recognizer.classify import Reading, Recognizer
+from recognizer.images import decode_image
+from recognizer.preprocess import (
+    MIN_INK_CONTRAST,
+    _digit_groups,
+    ink_map,
+    remove_background,
+    to_mnist,
+)
+
+PHOTO_QUALITY = 90  # JPEG quality of the kept photo: digits survive it, a 640 px photo is ~50 KB
+
+
+def photo_to_keep(gray: np.ndarray) -> bytes:
+    """The decoded photo (gray, longest side <= 640 px: what the pipeline works at) as a small JPEG."""
+    image = Image.fromarray((np.clip(gray, 0, 1) * 255).round().astype(np.uint8), mode="L")
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=PHOTO_QUALITY)
+    return out.getvalue()
+
+
+def read_and_keep(recognizer: Recognizer, photo: bytes | str | Path) -> tuple[Reading, bytes]:
+    """Read a photo, and the copy of it to keep: feedback on the answer is learned from that copy."""
+    gray = decode_image(photo)
+    return recognizer.read(gray), photo_to_keep(gray)
+
+
+def _columns(mask: np.ndarray) -> tuple[int, int]:
+    xs = np.flatnonzero(mask.any(axis=0))
+    return int(xs[0]), int(xs[-1]) + 1
+
+
+def _merge_closest(groups: list[np.ndarray]) -> list[np.ndarray]:
+    """Two neighbours (left to right) with the smallest horizontal gap become one digit."""
+    spans = [_columns(g) for g in groups]
+    gaps = [spans[i + 1][0] - spans[i][1] for i in range(len(groups) - 1)]
+    i = int(np.argmin(gaps))
+    return [*groups[:i], groups[i] | groups[i + 1], *groups[i + 2 :]]
+
+
+def _split_widest(groups: list[np.ndarray]) -> list[np.ndarray] | None:
+    """The widest group is cut in two at the column with the least ink in its middle half (two touching
+    digits meet where the ink is thinnest)."""
+    widths = [np.subtract(*_columns(g)[::-1]) for g in groups]
+    i = int(np.argmax(widths))
+    x0, x1 = _columns(groups[i])
+    if x1 - x0 < 4:
+        return None
+    profile = groups[i][:, x0:x1].sum(axis=0)
+    lo, hi = (x1 - x0) // 4, max((x1 - x0) * 3 // 4, (x1 - x0) // 4 + 1)
+    cut = x0 + lo + int(np.argmin(profile[lo:hi]))
+    left, right = groups[i].copy(), groups[i].copy()
+    left[:, cut:], right[:, :cut] = False, False
+    if not left.any() or not right.any():
+        return None
+    return [*groups[:i], left, right, *groups[i + 1 :]]
+
+
+def _exactly(groups: list[np.ndarray], count: int) -> list[np.ndarray] | None:
+    while len(groups) > count:
+        groups = _merge_closest(groups)
+    while groups and len(groups) < count:
+        groups = _split_widest(groups)
+        if groups is None:
+            return None
+    return groups if len(groups) == count else None
+
+
+def _masks(gray: np.ndarray) -> Iterator[np.ndarray]:
+    """Ink masks to segment: the pipeline's, then ones that keep what it may have dropped."""
+    mask, dark_ink = ink_map(gray)
+    yield mask
+    ink = remove_background(gray, dark_ink)
+    full = np.percentile(ink[mask], 90) if mask.any() else np.percentile(ink, 99.9)
+    if full < MIN_INK_CONTRAST / 2:
+        return
+    raw = ink > 0.4 * full  # the pipeline's threshold, without line removal
+    if mask.any():  # line removal's cuts put back, where they touch the strokes it left
+        yield mask | (raw & ndimage.binary_dilation(mask, iterations=4))
+    if raw.mean() < 0.3:  # more ink than that is paper texture or lines, not a digit
+        yield raw
+    faint = ink > 0.25 * full
+    if faint.mean() < 0.3:
+        yield faint
+
+
+def _hypotheses(gray: np.ndarray, count: int) -> Iterator[np.ndarray]:
+    """Candidate inputs, float32 (count, 28, 28), one segmentation each."""
+    seen = set()
+    for mask in _masks(gray):
+        groups = _digit_groups(mask)
+        if not groups and mask.any():  # everything filtered (a digit touching the edge): all ink is one
+            groups = [mask]
+        groups = _exactly(groups, count)
+        if groups is None:
+            continue
+        crops = np.stack([to_mnist(g) for g in groups])
+        key = crops.round(2).tobytes()
+        if key not in seen:
+            seen.add(key)
+            yield crops
+
+
+def inputs_for_label(recognizer: Recognizer, photo: bytes | np.ndarray, label: str) -> np.ndarray | None:
+    """float32 (len(label), 28, 28): the label's digits as the model should see them in `photo` (bytes of
+    an image or a gray array), or None when no segmentation finds that many digits."""
+    gray = photo if isinstance(photo, np.ndarray) else decode_image(photo)
+    candidates = list(_hypotheses(gray, len(label)))
+    if not candidates:
+        return None
+    probabilities = recognizer.probabilities(np.concatenate(candidates)).reshape(
+        len(candidates), len(label), 10
+    )
+    digits = [int(d) for d in label]
+    likelihood = np.log(probabilities[:, np.arange(len(label)), digits] + 1e-9).sum(axis=1)
+    return candidates[int(np.argmax(likelihood))]
