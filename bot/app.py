@@ -118,6 +118,9 @@ def build_application(settings: Settings) -> Application:
         me = application.bot.bot
         log.info("bot @%s started, model version %d", me.username, live.version)
 
+    async def post_stop(application: Application) -> None:
+        await trainer.stop()  # a run in progress: its process is stopped and the run marked failed
+
     async def post_shutdown(application: Application) -> None:
         store.engine.dispose()
 
@@ -129,6 +132,7 @@ def build_application(settings: Settings) -> Application:
         .concurrent_updates(True)
         .rate_limiter(AIORateLimiter(max_retries=2))
         .post_init(post_init)
+        .post_stop(post_stop)
         .post_shutdown(post_shutdown)
         .build()
     )
@@ -138,6 +142,7 @@ def build_application(settings: Settings) -> Application:
     schedule(application, trainer, settings)
     if settings.retention_days:
         application.job_queue.run_daily(purge_old_samples, time=dt.time(4, 0), name="retention")
+    application.job_queue.run_repeating(drop_unrated_photos, interval=3600, first=60, name="unrated-photos")
     return application
 
 
@@ -145,6 +150,12 @@ async def purge_old_samples(context: ContextTypes.DEFAULT_TYPE) -> None:
     svc = handlers.services(context)
     purged = await asyncio.to_thread(svc.store.purge_samples, svc.settings.retention_days)
     log.info("retention: dropped the stored images of %d old predictions", purged)
+
+
+async def drop_unrated_photos(context: ContextTypes.DEFAULT_TYPE) -> None:
+    dropped = await asyncio.to_thread(handlers.services(context).store.drop_unrated_photos)
+    if dropped:
+        log.info("dropped the kept copies of %d photos nobody rated within a day", dropped)
 
 
 def run(settings: Settings) -> None:

@@ -172,22 +172,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from bot.learning import RetrainJob, retrain
+    from bot.learning import result_text, retrain
     from bot.model_store import install_shipped_model
     from bot.settings import load_settings
     from storage.db import connect
     from storage.repository import Store
 
     settings = load_settings()
-    store = Store(connect(settings.resolved_database_url()))
-    store.fail_stale_runs()
-    install_shipped_model(store, settings.data_dir)
-    run_id = store.claim_run("cli")
+    run_id = args.run_id
     if run_id is None:
-        raise UserError("a fine-tuning run is already in progress")
-    result = retrain(RetrainJob.from_settings(run_id, settings), progress=lambda text: log.info("%s", text))
-    print(f"run {run_id}: version {result['version']} {result['status']} - {result['reason']}")
-    print(result["table"])
+        store = Store(connect(settings.resolved_database_url()))
+        store.fail_stale_runs()
+        install_shipped_model(store, settings.data_dir)
+        run_id = store.claim_run("cli")
+        store.engine.dispose()
+        if run_id is None:
+            raise UserError("a fine-tuning run is already in progress")
+
+    def progress(text: str) -> None:
+        if args.json:
+            print(json.dumps({"progress": text}), flush=True)
+        else:
+            log.info("%s", text)
+
+    result = retrain(settings, run_id, progress)
+    print(json.dumps({"result": result}) if args.json else result_text(run_id, result), flush=True)
     return 0 if result["status"] == "promoted" else 3
 
 
@@ -254,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
         "retrain",
         help="fine-tune once on MNIST + the stored corrections, with the "
         "promotion gate (settings from the environment, like `run`)",
+    )
+    retrain.add_argument(
+        "--run-id", type=int, help="carry out a run the bot already claimed (how the bot starts a run)"
+    )
+    retrain.add_argument(
+        "--json", action="store_true", help="progress and result as JSON lines on stdout (for the bot)"
     )
     retrain.set_defaults(func=cmd_retrain)
 

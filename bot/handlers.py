@@ -19,6 +19,7 @@ from bot.settings import Settings
 from recognizer import ImageError
 from recognizer.classify import Reading
 from recognizer.images import MAX_BYTES
+from recognizer.labelled import read_and_keep
 from storage.repository import Store
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ PHOTO_TIPS = (
 HELP = (
     "Send me a photo of a handwritten digit (or a number) and I'll tell you what it says.\n\n"
     "If I'm wrong, tap the right digit under my answer, or reply to it with /correct 7 "
-    "(or /correct 2024 for a number). Your corrections teach me.\n\n"
+    "(or /correct 2024 for a number). Your corrections teach me: I keep a small copy of each photo you "
+    "rate (up to 640 px, gray) to learn from; photos nobody rates are dropped within a day.\n\n"
     f"{PHOTO_TIPS}\n\n"
     "/stats - how well I'm doing\n/forget - delete everything I stored about you\n/help - this message"
 )
@@ -155,7 +157,9 @@ async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     data = bytes(await (await attachment.get_file()).download_as_bytearray())
     recognizer, version = svc.model.current()
     try:
-        reading = await asyncio.get_running_loop().run_in_executor(None, recognizer.read, data)
+        reading, kept = await asyncio.get_running_loop().run_in_executor(
+            None, read_and_keep, recognizer, data
+        )
     except ImageError as exc:
         await message.reply_text(
             f"I couldn't read that image: {exc}. Please send a photo (JPEG or PNG) of a handwritten digit."
@@ -174,6 +178,7 @@ async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         file_unique_id=attachment.file_unique_id,
         user_name=user.full_name,
         photo=data if svc.settings.keep_photos else None,
+        image=kept,
     )
     keyboard = feedback_keyboard(prediction_id, reading.digits) if reading.items else None
     answer = await message.reply_text(answer_text(reading), reply_markup=keyboard, do_quote=True)
@@ -293,7 +298,8 @@ async def on_forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         ]
     )
     await update.effective_message.reply_text(
-        "Delete all your photos' results, stored digit images and corrections? This cannot be undone.",
+        "Delete all your photos' results, the copies of your photos, stored digit images and corrections? "
+        "This cannot be undone.",
         reply_markup=keyboard,
     )
 

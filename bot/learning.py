@@ -1,142 +1,193 @@
-"""The learning loop: corrections -> fine-tuned candidate -> gate -> promoted (hot-swapped) or rejected.
+"""The learning loop: users' feedback -> fine-tuned candidate -> gate -> promoted (hot-swapped) or rejected.
 
-The fine-tuning runs in a separate process started with `spawn` (TensorFlow and `fork` hang, and a
-`fit` on the bot's event loop would freeze every user); the bot only watches it, relays its progress
-to the admin who asked, and swaps the model in when the database says a new version is active."""
+A run is one code path, `retrain`, whether `digitbot retrain` starts it from a shell or the bot does: the
+bot claims the run in the database, starts `digitbot retrain --run-id N --json` as a child process (a
+`fit` on the bot's event loop would freeze every user), relays the progress lines it prints to the admin
+who asked, and swaps the model in when the database says a new version is active."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import multiprocessing
+import os
+import sys
 import time
+import zlib
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from telegram import Message, Update
 from telegram.error import TelegramError
 from telegram.ext import Application, ContextTypes
 
 from bot.model_store import LiveModel, load_version, model_path, write_atomically
 from bot.settings import Settings
-from storage.repository import Store
+from storage.models import ModelVersion
+from storage.repository import LabelledPhoto, Store
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RetrainJob:
-    """Everything the fine-tuning process needs; plain values, so it crosses the process boundary."""
+class Sample:
+    """A labelled photo turned into the model's inputs, one per digit of its label."""
 
-    run_id: int
-    database_url: str
-    data_dir: str
-    mnist_dir: str | None
-    epochs: int
-    mnist_samples: int
-    budget_s: float
-    max_mnist_drop: float
-    max_per_user: int
-    holdout_percent: int
-    min_confidence: float
-
-    @classmethod
-    def from_settings(cls, run_id: int, settings: Settings) -> RetrainJob:
-        return cls(
-            run_id,
-            settings.resolved_database_url(),
-            str(settings.data_dir),
-            str(settings.mnist_dir) if settings.mnist_dir else None,
-            settings.retrain_epochs,
-            settings.retrain_mnist_samples,
-            settings.retrain_budget,
-            settings.max_mnist_drop,
-            settings.max_corrections_per_user,
-            settings.holdout_percent,
-            settings.min_confidence,
-        )
+    photo: LabelledPhoto
+    inputs: np.ndarray  # uint8 (len(label), 28, 28)
 
 
-def held_out(feedback_id: int, percent: int) -> bool:
-    """A fixed share of feedback, by id, is never trained on: it judges every candidate."""
-    return (feedback_id * 2654435761) % 100 < percent  # Knuth's multiplicative hash spreads the ids
+def training_inputs(recognizer, photo: LabelledPhoto) -> np.ndarray | None:
+    """The label's digits as inputs: from the kept photo, segmented again into exactly that many digits;
+    for rows stored before photos were kept, the crops the model saw, if there are as many."""
+    from recognizer import ImageError
+    from recognizer.labelled import inputs_for_label
+    from storage.repository import pack_inputs, unpack_inputs
+
+    if photo.image is not None:
+        try:
+            inputs = inputs_for_label(recognizer, photo.image, photo.label)
+        except ImageError:
+            return None
+        return None if inputs is None else unpack_inputs(pack_inputs(inputs))
+    return photo.inputs if len(photo.inputs) == len(photo.label) else None
 
 
-def retrain(job: RetrainJob, progress=lambda text: None) -> dict[str, Any]:
-    """One fine-tuning run, start to end: train, gate, write the candidate, promote or reject, close the run.
-    Runs in the spawned process (or in `digitbot retrain`)."""
+def holdout_users(samples: list[Sample], percent: int) -> set[int]:
+    """The users whose feedback judges the candidate instead of training it: whole users (a user's samples
+    are all on one side, so nobody judges a model trained on their own samples), those with the fewest
+    corrections first (corrections are scarce; confirmations show what a candidate must not break), until
+    `percent` of the samples. None at all when that is too little to judge: then nothing is spent on it."""
+    from recognizer.finetune import MIN_HOLDOUT_SAMPLES, MIN_HOLDOUT_USERS
+
+    corrections, digits = defaultdict(int), defaultdict(int)
+    for sample in samples:
+        corrections[sample.photo.user_id] += not sample.photo.confirmed
+        digits[sample.photo.user_id] += len(sample.inputs)
+    wanted = percent / 100 * sum(digits.values())
+    chosen, taken = set(), 0
+    # crc32: a fixed order among equals that does not depend on Python's hash seed
+    for user in sorted(digits, key=lambda u: (corrections[u], zlib.crc32(str(u).encode()))):
+        if taken >= wanted:
+            break
+        chosen.add(user)
+        taken += digits[user]
+    if taken < MIN_HOLDOUT_SAMPLES or len(chosen) < MIN_HOLDOUT_USERS or len(chosen) == len(digits):
+        return set()
+    return chosen
+
+
+def describe(samples: list[Sample], unusable: dict[str, int]) -> str:
+    """'9 corrections and 40 confirmations (52 digits) from 12 users; not usable: ...'"""
+    corrections = sum(not s.photo.confirmed for s in samples)
+    users = len({s.photo.user_id for s in samples})
+    text = (
+        f"{corrections} corrections and {len(samples) - corrections} confirmations "
+        f"({sum(len(s.inputs) for s in samples)} digits) from {users} users"
+    )
+    if unusable:
+        text += "; not usable: " + ", ".join(f"{n} ({why})" for why, n in sorted(unusable.items()))
+    return text
+
+
+def _arrays(samples: list[Sample]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> (images uint8 (N, 28, 28), labels, users), one row per digit."""
+    if not samples:
+        return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    images = np.concatenate([s.inputs for s in samples])
+    labels = np.array([int(d) for s in samples for d in s.photo.label], np.int64)
+    users = np.array([s.photo.user_id for s in samples for _ in s.photo.label], np.int64)
+    return images, labels, users
+
+
+def retrain(
+    settings: Settings, run_id: int, progress: Callable[[str], None] = lambda text: None
+) -> dict[str, Any]:
+    """One fine-tuning run, start to end: derive the samples, train, gate, write the candidate, promote or
+    reject it and close the run (one transaction). Any failure marks the run failed."""
     import keras
-    import numpy as np
 
     from recognizer.data import load_mnist
     from recognizer.finetune import FineTuneConfig, fine_tune, gate
     from storage.db import connect
 
-    store = Store(connect(job.database_url))
+    store = Store(connect(settings.resolved_database_url()))
     try:
         active = store.active_model()
-        base = load_version(active, job.min_confidence).model
-        samples = store.training_set(max_per_user=job.max_per_user)
-        holdout = np.array([held_out(f, job.holdout_percent) for f in samples.feedback_ids], bool)
-        progress(f"{int((~holdout).sum())} corrected samples to learn from, {int(holdout.sum())} held out")
-        mnist = load_mnist(job.mnist_dir)
-        candidate = keras.models.clone_model(base)
-        candidate.set_weights(base.get_weights())
-        config = FineTuneConfig(
-            epochs=job.epochs, mnist_samples=job.mnist_samples, time_budget_s=job.budget_s
+        recognizer = load_version(active, settings.min_confidence)
+        feedback = store.labelled_photos(max_per_user=settings.max_corrections_per_user)
+        samples, unusable = [], dict(feedback.left_out)
+        for photo in feedback.photos:
+            inputs = training_inputs(recognizer, photo)
+            if inputs is None:
+                reason = "no segmentation into the label's digits"
+                unusable[reason] = unusable.get(reason, 0) + 1
+            else:
+                samples.append(Sample(photo, inputs))
+        judges = holdout_users(samples, settings.holdout_percent)
+        learn = [s for s in samples if s.photo.user_id not in judges]
+        judge_on = [s for s in samples if s.photo.user_id in judges]
+        report = (
+            f"learning from {describe(learn, unusable)}; "
+            f"judging on {len(judge_on)} photos of {len(judges)} other users"
         )
-        fine_tune(candidate, mnist, samples.images[~holdout], samples.labels[~holdout], config, progress)
+        progress(report)
+        mnist = load_mnist(settings.mnist_dir)
+        candidate = keras.models.clone_model(recognizer.model)
+        candidate.set_weights(recognizer.model.get_weights())
+        config = FineTuneConfig(
+            epochs=settings.retrain_epochs,
+            mnist_samples=settings.retrain_mnist_samples,
+            time_budget_s=settings.retrain_budget,
+        )
+        fine_tune(candidate, mnist, *_arrays(learn), config, progress)
         progress("evaluating the candidate against the active model")
+        held_images, held_labels, _ = _arrays(judge_on)
         verdict = gate(
-            base, candidate, mnist, samples.images[holdout], samples.labels[holdout], job.max_mnist_drop
+            recognizer.model, candidate, mnist, held_images, held_labels, len(judges), settings.max_mnist_drop
         )
         version = store.next_model_version()
-        destination = model_path(Path(job.data_dir), version)
-        scratch = destination.with_name(f".candidate-{job.run_id}.keras")
+        destination = model_path(Path(settings.data_dir), version)
+        scratch = destination.with_name(f".candidate-{run_id}.keras")
         candidate.save(scratch)
         sha = write_atomically(scratch, destination)
         scratch.unlink()
-        store.add_model_version(
-            version,
-            str(destination),
-            sha,
+        row = ModelVersion(
+            version=version,
+            path=str(destination),
+            sha256=sha,
             parent_version=active.version,
             mnist_accuracy=verdict.candidate_mnist,
             feedback_accuracy=verdict.candidate_feedback,
             note=verdict.reason,
         )
-        if verdict.promote:
-            store.activate(version)
-        else:
-            store.set_model_status(version, "rejected", note=verdict.reason)
-        status = "promoted" if verdict.promote else "rejected"
-        store.finish_run(
-            job.run_id,
-            status,
-            metrics=verdict.as_dict(),
-            candidate_version=version,
-            consumed=samples.feedback_ids,
+        metrics = verdict.as_dict() | {
+            "corrections": sum(not s.photo.confirmed for s in learn),
+            "confirmations": sum(s.photo.confirmed for s in learn),
+            "users": len({s.photo.user_id for s in learn}),
+            "unusable": unusable,
+        }
+        status = store.finish_run_with_candidate(
+            run_id, row, verdict.promote, metrics, feedback.considered_ids
         )
-        log.info("training run %d: version %d %s (%s)", job.run_id, version, status, verdict.reason)
-        return {"status": status, "version": version, "reason": verdict.reason, "table": verdict.table()}
+        reason = verdict.reason if status == "promoted" or not verdict.promote else row.note
+        log.info("training run %d: version %d %s (%s)", run_id, version, status, reason)
+        return {
+            "status": status,
+            "version": version,
+            "reason": reason,
+            "table": verdict.table(),
+            "report": report,
+        }
     except Exception as exc:
-        store.finish_run(job.run_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
+        store.finish_run(run_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
         raise
     finally:
         store.engine.dispose()
-
-
-def _child(job: RetrainJob, pipe) -> None:
-    """Entry point of the spawned process: report progress and the result through `pipe`."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [fine-tune]: %(message)s"
-    )
-    try:
-        pipe.send(("done", retrain(job, progress=lambda text: pipe.send(("progress", text)))))
-    except Exception as exc:
-        log.exception("fine-tuning failed")
-        pipe.send(("failed", f"{exc.__class__.__name__}: {exc}"))
 
 
 def sync_live_model(store: Store, live: LiveModel, min_confidence: float) -> bool:
@@ -149,102 +200,136 @@ def sync_live_model(store: Store, live: LiveModel, min_confidence: float) -> boo
     return True
 
 
+def result_text(run_id: int, result: dict[str, Any]) -> str:
+    return (
+        f"Fine-tuning run {run_id}: version {result['version']} {result['status']} - {result['reason']}.\n"
+        f"{result['report']}\n{result['table']}"
+    )
+
+
 class Trainer:
     """Starts fine-tuning runs (one at a time, across instances), watches them, swaps the model in."""
 
     def __init__(self, settings: Settings, store: Store, live: LiveModel) -> None:
         self.settings, self.store, self.live = settings, store, live
-        self.running = False
+        self.task: asyncio.Task | None = None
+        self.child: asyncio.subprocess.Process | None = None
+        self.stopping = False
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
 
     async def request(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/retrain from an admin: run now, whatever the number of new corrections."""
         if self.running:
             await update.effective_message.reply_text("A fine-tuning run is already in progress.")
             return
-        self.running = True  # before any await: a second /retrain must see it
-        try:
-            message = await update.effective_message.reply_text("Fine-tuning: starting...")
-            await self.run("admin", update.effective_user.id, message)
-        finally:
-            self.running = False
+        # A task of its own, not this update's: shutdown must not wait minutes for it (see stop).
+        self.task = asyncio.create_task(self.run("admin", update.effective_user.id, update.effective_message))
 
     async def on_schedule(self, context: ContextTypes.DEFAULT_TYPE) -> None:
         if self.running:
             return
-        self.running = True
-        try:
-            new = await asyncio.to_thread(self.store.count_new_feedback)
-            if new < self.settings.retrain_min_corrections:
-                log.info(
-                    "scheduled fine-tuning skipped: %d new corrections, %d needed",
-                    new,
-                    self.settings.retrain_min_corrections,
-                )
-                return
-            await self.run("schedule", None, None)
-        finally:
-            self.running = False
+        new = await asyncio.to_thread(self.store.count_new_feedback, self.settings.max_corrections_per_user)
+        if new < self.settings.retrain_min_corrections:
+            log.info(
+                "scheduled fine-tuning skipped: %d new corrections, %d needed",
+                new,
+                self.settings.retrain_min_corrections,
+            )
+            return
+        if not self.running:
+            self.task = asyncio.create_task(self.run("schedule", None, None))
 
-    async def run(self, trigger: str, user_id: int | None, message: Message | None) -> str:
+    async def run(self, trigger: str, user_id: int | None, asked: Message | None) -> str:
         """Claim the run in the database (one at a time across instances), watch it, follow its result."""
+        message = await asked.reply_text("Fine-tuning: starting...") if asked else None
         run_id = await asyncio.to_thread(self.store.claim_run, trigger, user_id)
         if run_id is None:
             if message:
-                await message.edit_text("A fine-tuning run is already in progress (on another instance).")
+                await _edit(message, "A fine-tuning run is already in progress (on another instance).")
             return "busy"
-        outcome, report = await self._watch(RetrainJob.from_settings(run_id, self.settings), message)
+        outcome, report = await self._watch(run_id, message)
         await asyncio.to_thread(sync_live_model, self.store, self.live, self.settings.min_confidence)
         log.info(report)
         if message:  # after the swap: once the admin reads "promoted", answers come from the new version
             await _edit(message, report)
         return outcome
 
-    async def _watch(self, job: RetrainJob, message: Message | None) -> tuple[str, str]:
-        """Run the job in a spawned process; relay its progress; return (status, report)."""
-        context = multiprocessing.get_context("spawn")
-        receive, send = context.Pipe(duplex=False)
-        process = context.Process(
-            target=_child, args=(job, send), name=f"fine-tune-{job.run_id}", daemon=True
+    def _child_environment(self) -> dict[str, str]:
+        """The bot's settings, pinned where they could resolve differently; never the token."""
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("TELEGRAM_BOT_TOKEN", "TELEGRAM_BOT_TOKEN_FILE")
+        }
+        env["DIGITBOT_DATABASE_URL"] = self.settings.resolved_database_url()
+        env["DIGITBOT_DATA_DIR"] = str(Path(self.settings.data_dir).resolve())
+        return env
+
+    async def _watch(self, run_id: int, message: Message | None) -> tuple[str, str]:
+        """Run `digitbot retrain --run-id N --json`, relay its progress; return (status, report)."""
+        self.child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot.cli",
+            "retrain",
+            "--run-id",
+            str(run_id),
+            "--json",
+            stdout=asyncio.subprocess.PIPE,
+            env=self._child_environment(),
         )
-        process.start()
-        send.close()
-        await asyncio.to_thread(self.store.set_run_pid, job.run_id, process.pid)
-        log.info("training run %d started in process %d", job.run_id, process.pid)
-        deadline = time.monotonic() + 2 * job.budget_s + 300
-        result: tuple[str, Any] | None = None
-        last_edit = 0.0
-        while result is None and time.monotonic() < deadline:
-            ready = await asyncio.to_thread(receive.poll, 1.0)
-            if not ready:
-                if not process.is_alive():
+        await asyncio.to_thread(self.store.set_run_pid, run_id, self.child.pid)
+        log.info("training run %d started in process %d", run_id, self.child.pid)
+        deadline = time.monotonic() + 2 * self.settings.retrain_budget + 300
+        result, last_edit = None, 0.0
+        try:
+            while True:
+                line = await asyncio.wait_for(self.child.stdout.readline(), deadline - time.monotonic())
+                if not line:
                     break
-                continue
-            try:
-                kind, payload = receive.recv()
-            except EOFError:
-                break
-            if kind == "progress":
-                if message and time.monotonic() - last_edit > 3:  # one message, edited; not a flood
+                event = json.loads(line)
+                if "result" in event:
+                    result = event["result"]
+                elif message and time.monotonic() - last_edit > 3:  # one message, edited; not a flood
                     last_edit = time.monotonic()
-                    await _edit(message, f"Fine-tuning run {job.run_id}: {payload}")
-            else:
-                result = (kind, payload)
-        if process.is_alive():
-            process.kill()
-        await asyncio.to_thread(process.join, 10)
-        if await asyncio.to_thread(self.store.run_status, job.run_id) == "running":
-            why = f"the fine-tuning process stopped (exit code {process.exitcode})"
-            await asyncio.to_thread(self.store.finish_run, job.run_id, "failed", error=why)
-            result = ("failed", why)
-        kind, payload = result or ("failed", "no result")
-        if kind == "done":
-            text = (
-                f"Fine-tuning run {job.run_id}: version {payload['version']} {payload['status']} - "
-                f"{payload['reason']}.\n{payload['table']}"
+                    await _edit(message, f"Fine-tuning run {run_id}: {event['progress']}")
+        except (TimeoutError, ValueError) as exc:
+            log.error("training run %d: %s", run_id, exc.__class__.__name__)
+        finally:
+            await self._end_child()
+        if result is not None:
+            return result["status"], result_text(run_id, result)
+        run = await asyncio.to_thread(self.store.training_run, run_id)
+        if run.status == "running":
+            why = (
+                "the bot was shut down during the run"
+                if self.stopping
+                else f"the fine-tuning process stopped (exit code {self.child.returncode})"
             )
+            await asyncio.to_thread(self.store.finish_run, run_id, "failed", error=why)
         else:
-            text = f"Fine-tuning run {job.run_id} failed: {payload}. The active model is unchanged."
-        return (payload["status"] if kind == "done" else "failed"), text
+            why = run.error
+        return "failed", f"Fine-tuning run {run_id} failed: {why}. The active model is unchanged."
+
+    async def _end_child(self) -> None:
+        """Terminate the child if it still runs; kill it if it does not stop within 3 s."""
+        if self.child.returncode is None:
+            self.child.terminate()
+            try:
+                await asyncio.wait_for(self.child.wait(), 3)
+            except TimeoutError:
+                self.child.kill()
+        await self.child.wait()
+
+    async def stop(self) -> None:
+        """At shutdown: stop a run in progress (its child process, then the run is marked failed)."""
+        if not self.running:
+            return
+        self.stopping = True
+        if self.child is not None and self.child.returncode is None:
+            self.child.terminate()
+        await self.task
 
 
 async def _edit(message: Message, text: str) -> None:

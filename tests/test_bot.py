@@ -130,11 +130,9 @@ def test_correct_as_a_reply_and_for_the_latest_photo(fake, bot, mnist, store):
     mark = fake.mark()
     fake.send_text(14, "/correct 0")  # no reply: the latest photo
     fake.wait_for("editMessageText", after=mark, chat_id=14, text=lambda t: "Corrected to 0" in t)
-    training = store.training_set()
-    mine = sorted(
-        int(label) for label, user in zip(training.labels, training.users, strict=True) if user == 14
-    )
-    assert mine == [0, 8]
+    mine = [p for p in store.labelled_photos().photos if p.user_id == 14]
+    assert sorted(p.label for p in mine) == ["0", "8"]
+    assert all(p.image is not None and p.image[:2] == b"\xff\xd8" for p in mine)  # the photo was kept
     assert "Usage" in text_reply(fake, 14, "/correct seven")["text"]
     assert "Send me a photo first" in text_reply(fake, 15, "/correct 1")["text"]
 

@@ -10,14 +10,15 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
-from bot.learning import held_out
+from bot.learning import Sample, holdout_users
 from bot.model_store import LiveModel, ModelIntegrityError, install_shipped_model, load_active
 from recognizer import Recognizer
-from recognizer.finetune import judge
+from recognizer.finetune import FineTuneConfig, gate, judge, mcnemar_worse, repeats
 from storage.db import connect, sqlite_url
-from storage.repository import Store
+from storage.repository import LabelledPhoto, Store
 from tests.conftest import MNIST_DIR
 from tests.fake_telegram import BotProcess, FakeTelegram
 from tests.photos import synthetic_photo
@@ -30,37 +31,92 @@ FAST = {
 TOKEN = "123456789:LEARN-fake-token-not-real"
 
 
+def right(pattern: str) -> np.ndarray:
+    return np.array([c == "1" for c in pattern])
+
+
 def test_gate_rules():
-    assert judge(0.9960, 0.9940, 0.80, 0.90, max_mnist_drop=0.002) == (
-        True,
-        "no worse on MNIST test and on held-out feedback",
-    )
-    promote, reason = judge(0.9960, 0.9930, 0.80, 0.95, max_mnist_drop=0.002)
+    same = right("1" * 30)
+    assert judge(0.9960, 0.9940, same, same, 5, max_mnist_drop=0.002)[0]
+    promote, reason, _ = judge(0.9960, 0.9930, same, same, 5, max_mnist_drop=0.002)
     assert not promote and "MNIST test accuracy dropped 0.30%" in reason
-    promote, reason = judge(0.9960, 0.9970, 0.90, 0.85, max_mnist_drop=0.002)
-    assert not promote and "held-out feedback dropped" in reason
-    assert judge(0.9960, 0.9960, None, None, max_mnist_drop=0.002)[0]
+    one_flip = right("0" + "1" * 29)  # one held-out sample flips: no evidence the candidate is worse
+    promote, reason, p = judge(0.9960, 0.9960, same, one_flip, 5, max_mnist_drop=0.002)
+    assert promote and p == 0.5 and "1 samples now wrong, 0 now right" in reason
+    five_flips = right("0" * 5 + "1" * 25)  # 5 of 5 disagreements against it: p = 1/32
+    promote, reason, p = judge(0.9960, 0.9970, same, five_flips, 5, max_mnist_drop=0.002)
+    assert not promote and p == pytest.approx(1 / 32) and reason.startswith("worse on held-out feedback")
+    promote, reason, p = judge(0.9960, 0.9960, right("1" * 10), right("0" * 10), 5, max_mnist_drop=0.002)
+    assert promote and p is None and reason.startswith("too little held-out feedback to judge (10 samples")
+    assert judge(0.9960, 0.9960, same, five_flips, 1, max_mnist_drop=0.002)[0]  # one user cannot judge
 
 
-def test_holdout_is_stable_and_about_the_share_asked():
-    ids = range(1, 5001)
-    share = sum(held_out(i, 20) for i in ids) / 5000
-    assert 0.17 < share < 0.23
-    assert [held_out(i, 20) for i in ids] == [held_out(i, 20) for i in ids]
-    assert not any(held_out(i, 0) for i in ids)
+def test_mcnemar_is_the_exact_binomial_tail():
+    assert mcnemar_worse(0, 0) == 1.0
+    assert mcnemar_worse(3, 1) == pytest.approx(5 / 16)
+    assert mcnemar_worse(6, 0) == pytest.approx(1 / 64)
+
+
+def test_the_gate_with_its_default_settings(tiny_model, mnist):
+    shipped, tiny = Recognizer.load().model, Recognizer.load(tiny_model).model
+    x, y = mnist.x_test[:40], mnist.y_test[:40].astype(np.int64)
+    verdict = gate(shipped, tiny, mnist, x, y, holdout_users=4)  # ~97% on MNIST: far more than 0.2 below
+    assert not verdict.promote and verdict.reason.startswith("MNIST test accuracy dropped")
+    assert verdict.candidate_mnist < verdict.active_mnist - 0.002
+    verdict = gate(shipped, shipped, mnist, x, y, holdout_users=4)
+    assert verdict.promote and (verdict.worse, verdict.better, verdict.p_value) == (0, 0, 1.0)
+    assert verdict.active_feedback == verdict.candidate_feedback and verdict.holdout == 40
+
+
+def sample(user: int, confirmed: bool, digits: int = 1) -> Sample:
+    photo = LabelledPhoto(0, user, "1" * digits, confirmed, np.zeros((0, 28, 28), np.uint8), None, True)
+    return Sample(photo, np.zeros((digits, 28, 28), np.uint8))
+
+
+def test_the_holdout_takes_whole_users_with_the_fewest_corrections():
+    samples = [sample(u, confirmed=True) for u in range(1, 11) for _ in range(8)]  # 10 users who confirm
+    samples += [sample(u, confirmed=False) for u in (1, 2, 3) for _ in range(4)]  # 3 of them also correct
+    judges = holdout_users(samples, 20)
+    assert len(judges) >= 2 and judges.isdisjoint({1, 2, 3})  # corrections stay in training
+    learn = {s.photo.user_id for s in samples if s.photo.user_id not in judges}
+    assert learn.isdisjoint(judges) and learn | judges == set(range(1, 11))
+    held = sum(len(s.inputs) for s in samples if s.photo.user_id in judges)
+    assert 0.2 * len(samples) <= held < 0.2 * len(samples) + 8
+    assert holdout_users(samples, 20) == judges  # the same feedback gives the same split
+
+
+def test_no_holdout_when_it_would_be_too_small_to_judge():
+    assert holdout_users([sample(u, True) for u in range(1, 6) for _ in range(3)], 20) == set()  # 3 samples
+    assert holdout_users([sample(1, True) for _ in range(200)], 20) == set()  # a single user
+    assert holdout_users([sample(u, True) for u in range(1, 11) for _ in range(10)], 0) == set()
+
+
+def test_repeats_are_capped_per_sample_and_per_user():
+    config = FineTuneConfig()  # 25% share, 40 repeats, one user at most 25% of the corrections' part
+    budget = 0.25 / 0.75 * 20_000
+    few = repeats(np.array([1, 2, 3]), 20_000, config)
+    assert few.tolist() == [40, 40, 40]  # 3 samples are not repeated 2,222 times each
+    many = repeats(np.repeat(np.arange(300) % 10, 1), 20_000, config)
+    assert many.max() <= 22 and many.sum() <= budget
+    one_user = repeats(np.full(300, 7), 20_000, config)
+    assert one_user.sum() <= 0.25 * budget + 300  # one user alone cannot fill the corrections' part
+    assert one_user.min() >= 1
 
 
 def test_hot_swap_under_concurrent_requests_drops_nothing(tiny_model, mnist):
     models = {1: Recognizer.load(), 2: Recognizer.load(tiny_model)}
     live = LiveModel(models[1], 1)
     photo = synthetic_photo(mnist, "7", "clean", seed=7)
+    expected = {version: rec.read(photo).items[0].probabilities for version, rec in models.items()}
+    assert expected[1] != expected[2]  # the two versions answer differently: a mix-up would show
     results, errors = [], []
 
     def user() -> None:
         try:
             for _ in range(15):
                 recognizer, version = live.current()
-                results.append((version, recognizer is models[version], recognizer.read(photo).status))
+                reading = recognizer.read(photo)
+                results.append((version, reading.items[0].probabilities, reading.status))
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
@@ -73,7 +129,11 @@ def test_hot_swap_under_concurrent_requests_drops_nothing(tiny_model, mnist):
     for t in threads:
         t.join()
     assert errors == [] and len(results) == 60
-    assert all(matches and status in {"ok", "unsure"} for _, matches, status in results)
+    assert {version for version, _, _ in results} == {1, 2}  # requests did run on both sides of swaps
+    assert all(
+        probabilities == expected[version] and status in {"ok", "unsure"}
+        for version, probabilities, status in results
+    )
 
 
 def test_a_tampered_model_file_is_refused(tmp_path):
@@ -115,9 +175,18 @@ def retrain_cli(data_dir, **env) -> subprocess.CompletedProcess:
 
 def test_retrain_promotes_a_candidate_that_passes_the_gate(tmp_path, mnist):
     store = fill_corrections(tmp_path, mnist)
+    unmatched = store.record_prediction(  # a 2-digit answer from before photos were kept, corrected to 1
+        user_id=600, chat_id=1, digits="11", confidence=0.5, status="ok", inputs=mnist.x_test[50:52] / 255
+    )
+    store.record_feedback(unmatched, 600, "7")
     result = retrain_cli(tmp_path, DIGITBOT_MAX_MNIST_DROP="0.01")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "version 2 promoted" in result.stdout and "MNIST test" in result.stdout
+    assert (
+        "learning from 40 corrections and 0 confirmations (40 digits) from 4 users; "
+        "not usable: 1 (no segmentation into the label's digits)" in result.stdout
+    )
+    assert "too little held-out feedback to judge" in result.stdout
     assert [(m.version, m.status) for m in store.model_versions()] == [(1, "retired"), (2, "active")]
     assert store.count_new_feedback() == 0 and store.last_run().status == "promoted"
     assert load_active(store, 0.7).version == 2  # written atomically, sha256 matches
@@ -235,3 +304,25 @@ def test_schedule_fires_and_skips_until_enough_corrections(fake, tmp_path, mnist
         assert store.count_new_feedback() == 0
     finally:
         assert bot.stop() == 0
+
+
+def test_shutdown_during_a_fine_tune_stops_it_and_exits_quickly(fake, tmp_path, mnist):
+    store = fill_corrections(tmp_path, mnist)
+    new_before = store.count_new_feedback()
+    slow = {**FAST, "DIGITBOT_RETRAIN_EPOCHS": "50", "DIGITBOT_RETRAIN_MNIST_SAMPLES": "20000"}
+    bot = BotProcess(fake, tmp_path, TOKEN, admins="1", extra_env=slow)
+    fake.send_text(1, "/retrain")
+    deadline = time.monotonic() + 120
+    while "fine-tuning on" not in bot.log() and time.monotonic() < deadline:  # the child is training
+        time.sleep(0.5)
+    child = store.last_run().pid
+    assert "fine-tuning on" in bot.log() and child != bot.process.pid
+    started = time.monotonic()
+    assert bot.stop() == 0
+    assert time.monotonic() - started < 10
+    run = store.last_run()
+    assert run.status == "failed" and run.error == "the bot was shut down during the run"
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+    assert [(m.version, m.status) for m in store.model_versions()] == [(1, "active")]
+    assert store.count_new_feedback() == new_before
