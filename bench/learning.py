@@ -1,36 +1,160 @@
 """Does the learning loop work? (bench, not CI)
 
-Simulated users write like handwriting fonts (which the shipped MNIST model reads worse than MNIST).
-They send a few hundred photos through the real pipeline and correct every answer through the storage
-API; one fine-tuning run (the same `retrain` the bot and `digitbot retrain` use) follows. Measured on
-fresh photos of the same users: accuracy before and after, MNIST test accuracy before and after, wall
-time. Then the poisoning case: one user sends hundreds of wrong corrections.
+Real writers (`--real DIR`): a folder of labelled images whose file names give their source, one source
+= one writer (`<source>__<name>`, labels in `labels.csv`: file,label). Writers with at least 6 images
+take part. Per split, each writer's images are shuffled and halved: one half is sent to the bot through
+the code path a photo takes (read, stored with the copy kept for learning) and the writer gives the
+feedback `/correct` and ✅ give (every wrong answer corrected, every second right one confirmed); the
+other half is held out. Then one fine-tuning run with the default settings (the `retrain` that `digitbot
+retrain` and the bot run), and everything is read again.
 
+Fonts (no `--real`): simulated users write like handwriting fonts; they correct photos in half of the
+fonts, and the fresh photos measured before and after are in the other half, never corrected. Then the
+poisoning case: one user sends hundreds of wrong corrections.
+
+    python -m bench.learning --real ../shared/data/realworld-dev [--splits 3] [--mnist-dir DIR]
     python -m bench.learning [--photos 300] [--mnist-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from bench.synth import find_fonts, make_photo
-from bot.learning import RetrainJob, retrain
+from bot.learning import retrain
 from bot.model_store import install_shipped_model, load_active
 from bot.settings import load_settings
 from recognizer import Recognizer
 from recognizer.data import load_mnist
+from recognizer.labelled import read_and_keep
 from storage.db import connect, sqlite_url
 from storage.repository import Store
 
+MIN_IMAGES_PER_WRITER = 6
 
-def photos(n: int, fonts: list[Path], seed: int) -> list:
+
+def give_feedback(
+    store: Store, rec: Recognizer, photo: bytes | Path, label: str, user: int, confirm: bool
+) -> bool:
+    """One photo through the bot's path into a stored prediction, then its writer's feedback: a
+    correction when the answer is wrong, a confirmation (if `confirm`) when it is right. True if corrected."""
+    reading, kept = read_and_keep(rec, photo)
+    pid = store.record_prediction(
+        user_id=user,
+        chat_id=user,
+        digits=reading.digits,
+        confidence=reading.confidence,
+        status=reading.status,
+        inputs=reading.inputs,
+        model_version=1,
+        image=kept,
+    )
+    if reading.digits != label:
+        store.record_feedback(pid, user, label)
+        return True
+    if confirm:
+        store.record_feedback(pid, user, None)
+    return False
+
+
+def one_run(data_dir: Path, mnist_dir: str | None) -> tuple[dict, float]:
+    settings = load_settings(data_dir=data_dir, mnist_dir=mnist_dir)
+    store = Store(connect(settings.resolved_database_url()))
+    run_id = store.claim_run("cli")
+    started = time.monotonic()
+    result = retrain(settings, run_id)
+    return {**result, "metrics": store.last_run().metrics}, time.monotonic() - started
+
+
+def fresh_store(data_dir: Path) -> Store:
+    store = Store(connect(sqlite_url(data_dir)))
+    install_shipped_model(store, data_dir)
+    return store
+
+
+def writers(folder: Path) -> dict[str, list[tuple[Path, str]]]:
+    """source -> [(image, label)], sources with at least MIN_IMAGES_PER_WRITER images."""
+    by_source = defaultdict(list)
+    with open(folder / "labels.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            by_source[row["file"].split("__")[0]].append((folder / row["file"], row["label"]))
+    return {s: images for s, images in sorted(by_source.items()) if len(images) >= MIN_IMAGES_PER_WRITER}
+
+
+def real_split(folder: Path, seed: int, mnist_dir: str | None, shipped: Recognizer, tmp: Path) -> dict:
+    rng = np.random.default_rng(seed)
+    sent, held = [], []
+    for user, images in enumerate(writers(folder).values(), start=1000):
+        order = rng.permutation(len(images))
+        half = len(images) // 2
+        sent += [(user, *images[i]) for i in order[:half]]
+        held += [(user, *images[i]) for i in order[half:]]
+    data_dir = tmp / f"split{seed}"
+    store = fresh_store(data_dir)
+    corrected, right_answers = [], 0
+    for user, path, label in sent:
+        was_wrong = give_feedback(store, shipped, path, label, user, confirm=right_answers % 2 == 0)
+        if was_wrong:
+            corrected.append((path, label))
+        else:
+            right_answers += 1
+    result, seconds = one_run(data_dir, mnist_dir)
+    after = load_active(store, shipped.min_confidence).current()[0]
+    before_right = [shipped.read(p).digits == label for _, p, label in held]
+    after_right = [after.read(p).digits == label for _, p, label in held]
+    metrics = result["metrics"]
+    return {
+        "split": seed,
+        "writers": len({u for u, _, _ in sent}),
+        "run": result["status"],
+        "reason": result["reason"],
+        "report": result["report"],
+        "corrected": len(corrected),
+        "corrected_right_after": sum(after.read(p).digits == label for p, label in corrected),
+        "held_out": len(held),
+        "held_out_right_before": sum(before_right),
+        "held_out_right_after": sum(after_right),
+        "errors_fixed": sum(a and not b for b, a in zip(before_right, after_right, strict=True)),
+        "new_errors": sum(b and not a for b, a in zip(before_right, after_right, strict=True)),
+        "mnist_before": metrics["active_mnist"],
+        "mnist_after": metrics["candidate_mnist"],
+        "run_seconds": round(seconds, 1),
+    }
+
+
+def real_table(splits: list[dict]) -> str:
+    lines = [
+        "| split | corrected images right after | held-out right before -> after | errors fixed | "
+        "new errors | MNIST before -> after | run | run time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in splits:
+        lines.append(
+            f"| {s['split']} | {s['corrected_right_after']}/{s['corrected']} | "
+            f"{s['held_out_right_before']}/{s['held_out']} -> {s['held_out_right_after']}/{s['held_out']} | "
+            f"{s['errors_fixed']}/{s['held_out'] - s['held_out_right_before']} | {s['new_errors']} | "
+            f"{s['mnist_before']:.2%} -> {s['mnist_after']:.2%} | {s['run']} | {s['run_seconds']:.0f} s |"
+        )
+    corrected = sum(s["corrected"] for s in splits)
+    errors = sum(s["held_out"] - s["held_out_right_before"] for s in splits)
+    lines.append(
+        f"| all | {sum(s['corrected_right_after'] for s in splits)}/{corrected} | | "
+        f"{sum(s['errors_fixed'] for s in splits)}/{errors} | {sum(s['new_errors'] for s in splits)} | | | |"
+    )
+    return "\n".join(lines)
+
+
+def font_photos(n: int, fonts: list[Path], seed: int) -> list:
     """Single digits in the users' handwriting (fonts), on paper, through the photo generator."""
+    from bench.synth import make_photo
+
     rng = np.random.default_rng(seed)
     return [
         make_photo(str(rng.integers(10)), "font", rng, np.zeros((1, 28, 28)), np.zeros(1), fonts)
@@ -42,93 +166,70 @@ def accuracy(rec: Recognizer, shots: list) -> float:
     return float(np.mean([rec.read(p.jpeg).digits == p.label for p in shots]))
 
 
-def send_and_correct(
-    store: Store, rec: Recognizer, shots: list, users: list[int], wrong: bool = False
-) -> int:
-    """Each photo through the pipeline into a stored prediction, then the user's correction of it."""
-    corrections = 0
-    for i, photo in enumerate(shots):
-        reading = rec.read(photo.jpeg)
-        if len(reading.digits) != 1:
-            continue
-        user = users[i % len(users)]
-        pid = store.record_prediction(
-            user_id=user,
-            chat_id=user,
-            digits=reading.digits,
-            confidence=reading.confidence,
-            status=reading.status,
-            inputs=reading.inputs,
-            model_version=1,
-        )
-        label = str((int(photo.label) + 1) % 10) if wrong else photo.label
-        store.record_feedback(pid, user, label)
-        corrections += reading.digits != label
-    return corrections
+def font_bench(args: argparse.Namespace, shipped: Recognizer, tmp: Path) -> dict:
+    from bench.synth import find_fonts
 
-
-def one_run(data_dir: Path, mnist_dir: str | None) -> tuple[dict, float]:
-    settings = load_settings(data_dir=data_dir, mnist_dir=mnist_dir)
-    store = Store(connect(settings.resolved_database_url()))
-    run_id = store.claim_run("cli")
-    started = time.monotonic()
-    result = retrain(RetrainJob.from_settings(run_id, settings))
-    return {**result, "metrics": store.last_run().metrics}, time.monotonic() - started
+    fonts = find_fonts()
+    if len(fonts) < 2:
+        raise SystemExit("too few handwriting fonts: apt-get install fonts-dkg-handwriting fonts-breip ...")
+    corrected_fonts, fresh_fonts = fonts[::2], fonts[1::2]  # fresh photos: fonts nobody corrected
+    test_set = font_photos(args.test_photos, fresh_fonts, seed=1000)
+    report: dict = {
+        "corrected_fonts": [f.name for f in corrected_fonts],
+        "fresh_fonts": [f.name for f in fresh_fonts],
+        "before": accuracy(shipped, test_set),
+    }
+    store = fresh_store(tmp / "learn")
+    sent = font_photos(args.photos, corrected_fonts, seed=1)
+    report["corrections_sent"] = sum(
+        give_feedback(store, shipped, p.jpeg, p.label, 11 + i % 3, confirm=True) for i, p in enumerate(sent)
+    )
+    result, seconds = one_run(tmp / "learn", args.mnist_dir)
+    after = load_active(store, shipped.min_confidence).current()[0]
+    report.update(
+        run=result["status"],
+        run_seconds=round(seconds, 1),
+        after=accuracy(after, test_set),
+        mnist_before=result["metrics"]["active_mnist"],
+        mnist_after=result["metrics"]["candidate_mnist"],
+    )
+    store = fresh_store(tmp / "poison")
+    for p in font_photos(args.photos, fonts, seed=2):
+        wrong = str((int(p.label) + 1) % 10)
+        give_feedback(store, shipped, p.jpeg, wrong, 666, confirm=False)
+    result, seconds = one_run(tmp / "poison", args.mnist_dir)
+    report["poisoning"] = {
+        "run": result["status"],
+        "reason": result["reason"],
+        "seconds": round(seconds, 1),
+        "mnist_before": result["metrics"]["active_mnist"],
+        "mnist_after": result["metrics"]["candidate_mnist"],
+        "active_version_after": store.active_model().version,
+    }
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--photos", type=int, default=300, help="corrected photos sent by the users")
-    parser.add_argument("--test-photos", type=int, default=300, help="fresh photos to measure on")
+    parser.add_argument("--real", type=Path, help="labelled real images (labels.csv), one source per writer")
+    parser.add_argument("--splits", type=int, default=3, help="with --real: random halvings to run")
+    parser.add_argument("--photos", type=int, default=300, help="fonts: photos the users send and correct")
+    parser.add_argument("--test-photos", type=int, default=300, help="fonts: fresh photos to measure on")
     parser.add_argument("--mnist-dir")
     args = parser.parse_args()
-    fonts = find_fonts()
-    if not fonts:
-        raise SystemExit("no handwriting fonts found: apt-get install fonts-dkg-handwriting fonts-breip ...")
-    mnist_dir = args.mnist_dir
-    load_mnist(mnist_dir)  # fail early with the clear message
+    load_mnist(args.mnist_dir)  # fail early with the clear message
     shipped = Recognizer.load()
-    test_set = photos(args.test_photos, fonts, seed=1000)
-    report: dict = {"fonts": [f.name for f in fonts], "before": accuracy(shipped, test_set)}
-
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp) / "learn"
-        store = Store(connect(sqlite_url(data_dir)))
-        install_shipped_model(store, data_dir)
-        report["corrections_sent"] = send_and_correct(
-            store, shipped, photos(args.photos, fonts, seed=1), users=[11, 12, 13]
-        )
-        result, seconds = one_run(data_dir, mnist_dir)
-        after = load_active(store, shipped.min_confidence).current()[0]
-        report.update(
-            run=result["status"],
-            run_seconds=round(seconds, 1),
-            after=accuracy(after, test_set),
-            mnist_before=result["metrics"]["active_mnist"],
-            mnist_after=result["metrics"]["candidate_mnist"],
-        )
-        errors_before, errors_after = 1 - report["before"], 1 - report["after"]
-        report["errors_fixed"] = (
-            round((errors_before - errors_after) / errors_before, 3) if errors_before else None
-        )
-
-        poisoned_dir = Path(tmp) / "poison"
-        store = Store(connect(sqlite_url(poisoned_dir)))
-        install_shipped_model(store, poisoned_dir)
-        send_and_correct(store, shipped, photos(args.photos, fonts, seed=2), users=[666], wrong=True)
-        result, seconds = one_run(poisoned_dir, mnist_dir)
-        report["poisoning"] = {
-            "run": result["status"],
-            "reason": result["reason"],
-            "seconds": round(seconds, 1),
-            "samples_used_cap": load_settings().max_corrections_per_user,
-            "mnist_before": result["metrics"]["active_mnist"],
-            "mnist_after": result["metrics"]["candidate_mnist"],
-            "active_version_after": store.active_model().version,
-        }
-    print(json.dumps(report, indent=2))
+        if args.real:
+            splits = [
+                real_split(args.real, seed, args.mnist_dir, shipped, Path(tmp)) for seed in range(args.splits)
+            ]
+            print(json.dumps(splits, indent=2))
+            print(real_table(splits))
+        else:
+            print(json.dumps(font_bench(args, shipped, Path(tmp)), indent=2))
 
 
 if __name__ == "__main__":
