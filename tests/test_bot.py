@@ -143,7 +143,7 @@ def test_only_ascii_digits_are_labels(fake, bot, mnist, store):
     fake.press(23, reply["_message"], f"fb:{prediction_id}:٣")  # an Arabic-Indic 3 matches regex \d
     assert "Usage" in text_reply(fake, 23, "/correct ²")["text"]  # str.isdigit() says yes to it
     assert store.stats(23).feedback == 0  # neither was stored
-    store.training_set()  # and training can read every stored label
+    store.labelled_photos()  # and training can read every stored label
 
 
 def test_stats_text_and_chart(fake, bot, mnist):
