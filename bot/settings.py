@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     retrain_mnist_samples: int = Field(20_000, ge=100)
     max_mnist_drop: float = 0.002  # the gate: at most 0.2 percentage points below the active model
     max_corrections_per_user: int = Field(200, ge=1)
-    holdout_percent: int = Field(20, ge=0, lt=100)  # feedback kept out of training to judge candidates
+    holdout_percent: int = Field(20, ge=0, lt=100)  # samples (whole users) kept out of training to judge
 
     @field_validator("admin_ids", mode="before")
     @classmethod

@@ -159,7 +159,8 @@ def judge(
         return (
             True,
             f"too little held-out feedback to judge ({len(active_right)} samples from {holdout_users} "
-            f"users): decided on MNIST test accuracy alone, within {max_mnist_drop:.2%}",
+            f"users; {MIN_HOLDOUT_SAMPLES} from {MIN_HOLDOUT_USERS} needed): decided on MNIST test "
+            f"accuracy alone, within {max_mnist_drop:.2%}",
             None,
         )
     worse = int(np.sum(active_right & ~candidate_right))
