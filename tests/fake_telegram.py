@@ -1,8 +1,13 @@
 """A fake Telegram Bot API server on 127.0.0.1 that also plays the users talking to the bot.
 
 It implements the methods the bot uses (getMe, getUpdates with long polling, sendMessage, sendPhoto,
-editMessageText, editMessageReplyMarkup, answerCallbackQuery, getFile and file download, setMyCommands,
-sendChatAction, deleteWebhook) and records every call so tests can wait for the bot's answers."""
+sendDocument, editMessageText, editMessageReplyMarkup, answerCallbackQuery, getFile and file download,
+setMyCommands, sendChatAction, deleteWebhook) and records every call so tests can wait for the bot's answers.
+
+It is as strict as Telegram where the bot could get it wrong: an edit that changes nothing is a 400 "message
+is not modified", a callback query can be answered once and only if it exists, and in groups a bot in
+privacy mode (Telegram's default) only gets commands, messages that mention it and replies to it. Users can
+also edit their messages, send albums (media groups), and channels can post."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import email.policy
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +29,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT_USER = {"id": 4242, "is_bot": True, "first_name": "digitbot", "username": "digitbot_test_bot"}
+NOT_MODIFIED = (
+    "Bad Request: message is not modified: specified new message content and reply markup are exactly "
+    "the same as a current content and reply markup of the message"
+)
+BAD_QUERY = "Bad Request: query is too old and response timeout expired or query ID is invalid"
 JSON_FIELDS = {
     "reply_markup",
     "commands",
@@ -39,7 +50,11 @@ class FakeTelegram:
         self.token = token
         self.calls: list[tuple[str, dict]] = []
         self.files: dict[str, bytes] = {}
-        self.messages: dict[tuple[int, int], dict] = {}
+        self.messages: dict[tuple[int, int], dict] = {}  # every message, the users' and the bot's
+        self.chats: dict[int, dict] = {}
+        self.languages: dict[int, str] = {}  # user id -> Telegram language_code
+        self.privacy = True  # the bot's group privacy mode (Telegram's default); off = the bot is an admin
+        self._open_queries: set[str] = set()
         self._updates: list[dict] = []
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
@@ -61,7 +76,16 @@ class FakeTelegram:
 
     # --- the users' side -------------------------------------------------------------------------------
     def _user(self, user_id: int) -> dict:
-        return {"id": user_id, "is_bot": False, "first_name": f"User{user_id}"}
+        user = {"id": user_id, "is_bot": False, "first_name": f"User{user_id}"}
+        if user_id in self.languages:
+            user["language_code"] = self.languages[user_id]
+        return user
+
+    def group(self, chat_id: int, kind: str = "supergroup") -> dict:
+        """A group chat (a negative id) the tests can pass as `chat=`."""
+        chat = {"id": chat_id, "type": kind, "title": f"Group {chat_id}"}
+        self.chats[chat_id] = chat
+        return chat
 
     def _push(self, kind: str, payload: dict) -> dict:
         with self._cond:
@@ -69,28 +93,74 @@ class FakeTelegram:
             self._cond.notify_all()
         return payload
 
-    def _message(self, user_id: int, **fields: Any) -> dict:
+    def _reaches_bot(self, message: dict) -> bool:
+        """Privacy mode: in groups only commands, mentions of the bot and replies to the bot reach it."""
+        if message["chat"]["type"] == "private" or not self.privacy:
+            return True
+        text = message.get("text") or message.get("caption") or ""
+        replied = message.get("reply_to_message", {}).get("from", {})
+        return (
+            text.startswith("/") or f"@{BOT_USER['username']}" in text or replied.get("id") == BOT_USER["id"]
+        )
+
+    def _message(self, user_id: int, chat: dict | None = None, **fields: Any) -> dict:
+        chat = chat or {"id": user_id, "type": "private", "first_name": f"User{user_id}"}
         message = {
             "message_id": next(self._ids),
             "date": int(time.time()),
             "from": self._user(user_id),
-            "chat": {"id": user_id, "type": "private", "first_name": f"User{user_id}"},
+            "chat": chat,
             **fields,
         }
-        return self._push("message", message)
+        for text_field, entities_field in (("text", "entities"), ("caption", "caption_entities")):
+            if entities := _entities(message.get(text_field, "")):
+                message[entities_field] = entities
+        with self._cond:
+            self.messages[(chat["id"], message["message_id"])] = message
+        if self._reaches_bot(message):
+            self._push("message", message)
+        return message
 
     def _file(self, data: bytes, declared_size: int | None = None) -> dict:
         file_id = f"file-{next(self._ids)}"
         self.files[file_id] = data
         return {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_size": declared_size or len(data)}
 
-    def send_photo(self, user_id: int, data: bytes, thumbnail: bytes = b"") -> dict:
-        """A photo with a thumbnail size first, as Telegram sends them: the bot must use the largest."""
-        sizes = [
+    def _photo_sizes(self, data: bytes, thumbnail: bytes = b"") -> list[dict]:
+        """A thumbnail size first, as Telegram sends them: the bot must use the largest."""
+        return [
             {**self._file(thumbnail or b"thumb"), "width": 90, "height": 67},
             {**self._file(data), "width": 1280, "height": 960},
         ]
-        return self._message(user_id, photo=sizes)
+
+    def send_photo(
+        self,
+        user_id: int,
+        data: bytes,
+        thumbnail: bytes = b"",
+        caption: str | None = None,
+        chat: dict | None = None,
+        reply_to: dict | None = None,
+    ) -> dict:
+        fields: dict[str, Any] = {"photo": self._photo_sizes(data, thumbnail)}
+        if caption is not None:
+            fields["caption"] = caption
+        if reply_to is not None:
+            fields["reply_to_message"] = reply_to
+        return self._message(user_id, chat, **fields)
+
+    def send_album(
+        self, user_id: int, photos: list[bytes], caption: str | None = None, chat: dict | None = None
+    ) -> list[dict]:
+        """A media group: one message per photo, sharing a media_group_id; the caption is on the first."""
+        group_id = f"album-{next(self._ids)}"
+        messages = []
+        for index, data in enumerate(photos):
+            fields: dict[str, Any] = {"photo": self._photo_sizes(data), "media_group_id": group_id}
+            if index == 0 and caption is not None:
+                fields["caption"] = caption
+            messages.append(self._message(user_id, chat, **fields))
+        return messages
 
     def send_document(
         self, user_id: int, data: bytes, mime_type: str, file_name: str, declared_size: int | None = None
@@ -98,15 +168,15 @@ class FakeTelegram:
         document = {**self._file(data, declared_size), "mime_type": mime_type, "file_name": file_name}
         return self._message(user_id, document=document)
 
-    def send_text(self, user_id: int, text: str, reply_to: dict | None = None) -> dict:
+    def send_text(
+        self, user_id: int, text: str, reply_to: dict | None = None, chat: dict | None = None
+    ) -> dict:
         fields: dict[str, Any] = {"text": text}
-        if text.startswith("/"):
-            fields["entities"] = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
         if reply_to is not None:
             fields["reply_to_message"] = reply_to
-        return self._message(user_id, **fields)
+        return self._message(user_id, chat, **fields)
 
-    def send_other(self, user_id: int, kind: str) -> dict:
+    def send_other(self, user_id: int, kind: str, chat: dict | None = None) -> dict:
         media = self._file(b"\x00" * 64)
         extra = {
             "sticker": {
@@ -119,16 +189,49 @@ class FakeTelegram:
             "video": {"width": 640, "height": 480, "duration": 3},
             "voice": {"duration": 2},
         }[kind]
-        return self._message(user_id, **{kind: {**media, **extra}})
+        return self._message(user_id, chat, **{kind: {**media, **extra}})
+
+    def edit(self, message: dict, **changes: Any) -> dict:
+        """The user edits their message (a new caption or text): Telegram sends an edited_message."""
+        edited = {**message, **changes, "edit_date": int(time.time())}
+        for text_field, entities_field in (("text", "entities"), ("caption", "caption_entities")):
+            edited.pop(entities_field, None)
+            if entities := _entities(edited.get(text_field, "")):
+                edited[entities_field] = entities
+        with self._cond:
+            self.messages[(edited["chat"]["id"], edited["message_id"])] = edited
+        if self._reaches_bot(edited):
+            self._push("edited_message", edited)
+        return edited
+
+    def channel_post(self, chat_id: int, data: bytes | None = None, text: str | None = None) -> dict:
+        """A post in a channel where the bot is a member: no `from`, only the channel as sender_chat."""
+        chat = {"id": chat_id, "type": "channel", "title": f"Channel {chat_id}"}
+        post: dict[str, Any] = {
+            "message_id": next(self._ids),
+            "date": int(time.time()),
+            "chat": chat,
+            "sender_chat": chat,
+        }
+        if data is not None:
+            post["photo"] = self._photo_sizes(data)
+        if text is not None:
+            post["text"] = text
+        return self._push("channel_post", post)
 
     def press(self, user_id: int, message: dict, data: str) -> None:
+        """A button press on `message` as it is now (with the edits the bot made since)."""
+        with self._cond:
+            current = self.messages.get((message["chat"]["id"], message["message_id"]), message)
+            query_id = str(next(self._ids))
+            self._open_queries.add(query_id)
         self._push(
             "callback_query",
             {
-                "id": str(next(self._ids)),
+                "id": query_id,
                 "from": self._user(user_id),
                 "chat_instance": "ci",
-                "message": message,
+                "message": current,
                 "data": data,
             },
         )
@@ -173,23 +276,18 @@ class FakeTelegram:
             return 200, self._get_updates(params)
         if method == "getMe":
             return 200, BOT_USER
-        if method in (
-            "deleteWebhook",
-            "setWebhook",
-            "setMyCommands",
-            "sendChatAction",
-            "answerCallbackQuery",
-        ):
+        if method in ("deleteWebhook", "setWebhook", "setMyCommands", "sendChatAction"):
             return 200, True
-        if method in ("sendMessage", "sendPhoto"):
+        if method == "answerCallbackQuery":
+            with self._cond:
+                if params.get("callback_query_id") not in self._open_queries:
+                    return 400, BAD_QUERY
+                self._open_queries.discard(params["callback_query_id"])
+            return 200, True
+        if method in ("sendMessage", "sendPhoto", "sendDocument"):
             return 200, self._bot_message(params)
         if method in ("editMessageText", "editMessageReplyMarkup"):
-            key = (int(params["chat_id"]), int(params["message_id"]))
-            if key not in self.messages:
-                return 400, "Bad Request: message to edit not found"
-            message = self.messages[key]
-            message.update({k: params[k] for k in ("text", "reply_markup") if k in params})
-            return 200, message
+            return self._edit_message(params)
         if method == "getFile":
             file_id = params["file_id"]
             if file_id not in self.files:
@@ -221,7 +319,7 @@ class FakeTelegram:
             "message_id": next(self._ids),
             "date": int(time.time()),
             "from": BOT_USER,
-            "chat": {"id": chat_id, "type": "private"},
+            "chat": self.chats.get(chat_id, {"id": chat_id, "type": "private"}),
         }
         if "text" in params:
             message["text"] = params["text"]
@@ -229,10 +327,35 @@ class FakeTelegram:
             file = self._file(params["photo"])
             message["photo"] = [{**file, "width": 900, "height": 340}]
             message["caption"] = params.get("caption", "")
+        if "document" in params:
+            message["document"] = {**self._file(params["document"]), "file_name": "document"}
+            message["caption"] = params.get("caption", "")
         if "reply_markup" in params:
             message["reply_markup"] = params["reply_markup"]
-        self.messages[(chat_id, message["message_id"])] = message
+        replied = (params.get("reply_parameters") or {}).get("message_id")
+        with self._cond:
+            if replied is not None and (chat_id, int(replied)) in self.messages:
+                # Telegram nests the replied-to message one level deep, without its own reply_to_message.
+                original = self.messages[(chat_id, int(replied))]
+                message["reply_to_message"] = {k: v for k, v in original.items() if k != "reply_to_message"}
+            self.messages[(chat_id, message["message_id"])] = message
         return message
+
+    def _edit_message(self, params: dict) -> tuple[int, Any]:
+        key = (int(params["chat_id"]), int(params["message_id"]))
+        with self._cond:
+            if key not in self.messages:
+                return 400, "Bad Request: message to edit not found"
+            message = self.messages[key]
+            changes = {k: params[k] for k in ("text", "reply_markup") if k in params}
+            if all(message.get(k) == v for k, v in changes.items()) and (
+                "reply_markup" in params or "reply_markup" not in message
+            ):
+                return 400, NOT_MODIFIED
+            message.update(changes)
+            if "reply_markup" not in params:
+                message.pop("reply_markup", None)  # an edit without a keyboard removes it, as on Telegram
+            return 200, message
 
     def _handler(self):
         fake = self
@@ -338,6 +461,22 @@ def _params(content_type: str, body: bytes) -> dict:
     else:
         raw = {k: v[0] for k, v in parse_qs(body.decode()).items()}
     return {k: json.loads(v) if k in JSON_FIELDS and isinstance(v, str) else v for k, v in raw.items()}
+
+
+def _entities(text: str) -> list[dict]:
+    """What Telegram marks in a text: a leading /command and @mentions (offsets in UTF-16 units)."""
+
+    def utf16(part: str) -> int:
+        return len(part.encode("utf-16-le")) // 2
+
+    entities = []
+    if text.startswith("/"):
+        entities.append({"type": "bot_command", "offset": 0, "length": utf16(text.split()[0])})
+    for match in re.finditer(r"(?<![\w/])@\w+", text):
+        entities.append(
+            {"type": "mention", "offset": utf16(text[: match.start()]), "length": utf16(match[0])}
+        )
+    return entities
 
 
 def _matches(value: Any, expected: Any) -> bool:
