@@ -65,20 +65,31 @@ def redact_in_logs(secrets: list[str]) -> Redact:
 
 
 def add_handlers(application: Application) -> None:
+    # New messages only: an edited caption or command is not a second request, and channel posts (no
+    # user to answer) match no handler at all.
+    new = filters.UpdateType.MESSAGE
+    private = filters.ChatType.PRIVATE
     image_document = filters.Document.IMAGE
-    application.add_handler(CommandHandler(["start", "help"], handlers.on_start))
-    application.add_handler(MessageHandler(filters.PHOTO | image_document, handlers.on_photo))
-    application.add_handler(CommandHandler("correct", handlers.on_correct))
-    application.add_handler(CommandHandler("stats", handlers.on_stats))
-    application.add_handler(CommandHandler("forget", handlers.on_forget))
-    application.add_handler(CommandHandler("retrain", handlers.on_retrain))
-    application.add_handler(CommandHandler("models", handlers.on_models))
-    application.add_handler(CommandHandler("rollback", handlers.on_rollback))
-    application.add_handler(CommandHandler("ban", handlers.on_ban))
+
+    def command(names: str | list[str], callback) -> CommandHandler:
+        return CommandHandler(names, callback, filters=new)
+
+    application.add_handler(command(["start", "help"], handlers.on_start))
+    application.add_handler(MessageHandler(new & (filters.PHOTO | image_document), handlers.on_photo))
+    application.add_handler(command("read", handlers.on_read))
+    application.add_handler(command("correct", handlers.on_correct))
+    application.add_handler(command("stats", handlers.on_stats))
+    application.add_handler(command("forget", handlers.on_forget))
+    application.add_handler(command("retrain", handlers.on_retrain))
+    application.add_handler(command("models", handlers.on_models))
+    application.add_handler(command("rollback", handlers.on_rollback))
+    application.add_handler(command("ban", handlers.on_ban))
     application.add_handler(
         CallbackQueryHandler(handlers.on_feedback_button, pattern=r"^fb:[0-9]+:(ok|[0-9])$")
     )
-    application.add_handler(CallbackQueryHandler(handlers.on_forget_button, pattern=r"^forget:(yes|no)$"))
+    application.add_handler(
+        CallbackQueryHandler(handlers.on_forget_button, pattern=r"^forget:(yes|no):[0-9]+$")
+    )
     not_images = (
         filters.Sticker.ALL
         | filters.VIDEO
@@ -88,7 +99,8 @@ def add_handlers(application: Application) -> None:
         | filters.VIDEO_NOTE
         | (filters.Document.ALL & ~image_document)
     )
-    application.add_handler(MessageHandler(not_images, handlers.on_not_an_image))
+    application.add_handler(MessageHandler(new & private & not_images, handlers.on_not_an_image))
+    application.add_handler(MessageHandler(new & filters.TEXT, handlers.on_text))
     application.add_error_handler(handlers.on_error)
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Awaitable, Hashable
 from dataclasses import dataclass, field
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
-from telegram.constants import ChatAction
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message, MessageEntity, Update
+from telegram.constants import ChatAction, ChatType
+from telegram.error import BadRequest
 from telegram.ext import ContextTypes
 
 from bot.learning import Trainer
@@ -20,7 +23,7 @@ from recognizer import ImageError
 from recognizer.classify import Reading
 from recognizer.images import MAX_BYTES
 from recognizer.labelled import read_and_keep
-from storage.repository import Store
+from storage.repository import NotTheSender, Store
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +73,33 @@ class RateLimiter:
         return 0.0
 
 
+class InOrder:
+    """Work with the same key runs one at a time, in arrival order (asyncio.Lock wakes waiters first come,
+    first served): a user's album is answered photo by photo. A key is forgotten when nobody holds it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[asyncio.Lock, list[None]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: Hashable) -> AsyncIterator[None]:
+        lock, holders = self._locks.setdefault(key, (asyncio.Lock(), []))
+        holders.append(None)
+        try:
+            async with lock:
+                yield
+        finally:
+            holders.pop()
+            if not holders:
+                del self._locks[key]
+
+
 @dataclass
 class Services:
     settings: Settings
     store: Store
     model: LiveModel
     rate: RateLimiter = field(init=False)
+    in_order: InOrder = field(init=False, default_factory=InOrder)
     trainer: Trainer
 
     def __post_init__(self) -> None:
@@ -89,6 +113,45 @@ def services(context: ContextTypes.DEFAULT_TYPE) -> Services:
 async def db(call, *args, **kwargs):
     """Database calls run in a worker thread: a slow query never stalls other users."""
     return await asyncio.to_thread(call, *args, **kwargs)
+
+
+async def unless_unchanged(edit: Awaitable) -> None:
+    """Telegram refuses an edit that changes nothing (the same button pressed twice): nothing to do then."""
+    try:
+        await edit
+    except BadRequest as exc:
+        if "message is not modified" not in exc.message.lower():
+            raise
+
+
+# --- who is talking to the bot -----------------------------------------------------------------------------
+def is_private(message: Message) -> bool:
+    return message.chat.type == ChatType.PRIVATE
+
+
+def addressed(message: Message, bot: Bot) -> bool:
+    """In a private chat every message is for the bot; in a group only one that mentions it or replies
+    to it (what Telegram's privacy mode delivers, and all a bot that is a group admin should answer)."""
+    if is_private(message):
+        return True
+    mention = f"@{bot.username}".lower()
+    entities = message.parse_entities([MessageEntity.MENTION]) | message.parse_caption_entities(
+        [MessageEntity.MENTION]
+    )
+    replied = message.reply_to_message
+    return any(text.lower() == mention for text in entities.values()) or (
+        replied is not None and replied.from_user is not None and replied.from_user.id == bot.id
+    )
+
+
+def photo_for_me(message: Message, context: ContextTypes.DEFAULT_TYPE) -> bool:
+    """Whether to read this photo. In a group an album's caption (and so the mention) is on its first
+    photo only: the chat remembers the album it was addressed in, and the album's other photos follow."""
+    if addressed(message, context.bot):
+        if message.media_group_id:
+            context.chat_data["album"] = message.media_group_id
+        return True
+    return message.media_group_id is not None and context.chat_data.get("album") == message.media_group_id
 
 
 # --- answers -----------------------------------------------------------------------------------------------
@@ -134,54 +197,80 @@ def with_feedback(text: str, label: str, confirmed: bool) -> str:
 
 # --- photos in, digits out ---------------------------------------------------------------------------------
 async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A photo, or an image sent as a file: read it and answer with the digits and a feedback keyboard."""
-    message, user = update.effective_message, update.effective_user
+    """A photo, or an image sent as a file: read it and answer with the digits and a feedback keyboard.
+    In a group only when the bot is addressed."""
+    if photo_for_me(update.effective_message, context):
+        await read_photo(update, context, update.effective_message)
+
+
+def is_image(message: Message) -> bool:
+    document = message.document
+    return bool(message.photo) or (document is not None and (document.mime_type or "").startswith("image/"))
+
+
+async def on_read(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/read as a reply to a photo: how a group asks the bot to read a photo that did not mention it."""
+    photo = update.effective_message.reply_to_message
+    if photo is None or not is_image(photo):
+        await update.effective_message.reply_text("Reply /read to a photo, and I'll read the digits in it.")
+        return
+    await read_photo(update, context, photo)
+
+
+async def read_photo(update: Update, context: ContextTypes.DEFAULT_TYPE, message: Message) -> None:
+    """Read the photo in `message` and answer it. The photo's sender owns the answer (only they may rate
+    it); the one who asked (the sender, or who replied /read) is rate-limited. A user's photos in a chat
+    are answered one at a time, in the order sent: an album gets its answers in order."""
+    asker = update.effective_user
+    user = message.from_user or asker
     svc = services(context)
-    if await db(svc.store.see_user, user.id, user.full_name):
-        return  # banned users get no answers
-    wait = svc.rate.retry_after(user.id)
-    if wait:
-        await message.reply_text(
-            f"That's a lot of photos! You can send {svc.settings.photos_per_minute} a "
-            f"minute; please try again in {wait:.0f} s."
+    async with svc.in_order.turn((message.chat_id, asker.id)):
+        if await db(svc.store.see_user, asker.id, asker.full_name):
+            return  # banned users get no answers
+        wait = svc.rate.retry_after(asker.id)
+        if wait:
+            await message.reply_text(
+                f"That's a lot of photos! You can send {svc.settings.photos_per_minute} a "
+                f"minute; please try again in {wait:.0f} s."
+            )
+            return
+        attachment = message.photo[-1] if message.photo else message.document  # the largest photo size
+        if attachment.file_size and attachment.file_size > MAX_BYTES:
+            await message.reply_text(
+                f"That file is {attachment.file_size / 2**20:.0f} MB; I can read images up to "
+                f"{MAX_BYTES // 2**20} MB. Please send a smaller one."
+            )
+            return
+        await context.bot.send_chat_action(message.chat_id, ChatAction.TYPING)
+        data = bytes(await (await attachment.get_file()).download_as_bytearray())
+        recognizer, version = svc.model.current()
+        try:
+            reading, kept = await asyncio.get_running_loop().run_in_executor(
+                None, read_and_keep, recognizer, data
+            )
+        except ImageError as exc:
+            await message.reply_text(
+                f"I couldn't read that image: {exc}. "
+                "Please send a photo (JPEG or PNG) of a handwritten digit."
+            )
+            return
+        prediction_id = await db(
+            svc.store.record_prediction,
+            user_id=user.id,
+            chat_id=message.chat_id,
+            digits=reading.digits,
+            confidence=reading.confidence,
+            status=reading.status,
+            inputs=reading.inputs,
+            model_version=version,
+            photo_message_id=message.message_id,
+            file_unique_id=attachment.file_unique_id,
+            user_name=user.full_name,
+            photo=data if svc.settings.keep_photos else None,
+            image=kept,
         )
-        return
-    attachment = message.photo[-1] if message.photo else message.document  # the largest photo size
-    if attachment.file_size and attachment.file_size > MAX_BYTES:
-        await message.reply_text(
-            f"That file is {attachment.file_size / 2**20:.0f} MB; I can read images up to "
-            f"{MAX_BYTES // 2**20} MB. Please send a smaller one."
-        )
-        return
-    await context.bot.send_chat_action(message.chat_id, ChatAction.TYPING)
-    data = bytes(await (await attachment.get_file()).download_as_bytearray())
-    recognizer, version = svc.model.current()
-    try:
-        reading, kept = await asyncio.get_running_loop().run_in_executor(
-            None, read_and_keep, recognizer, data
-        )
-    except ImageError as exc:
-        await message.reply_text(
-            f"I couldn't read that image: {exc}. Please send a photo (JPEG or PNG) of a handwritten digit."
-        )
-        return
-    prediction_id = await db(
-        svc.store.record_prediction,
-        user_id=user.id,
-        chat_id=message.chat_id,
-        digits=reading.digits,
-        confidence=reading.confidence,
-        status=reading.status,
-        inputs=reading.inputs,
-        model_version=version,
-        photo_message_id=message.message_id,
-        file_unique_id=attachment.file_unique_id,
-        user_name=user.full_name,
-        photo=data if svc.settings.keep_photos else None,
-        image=kept,
-    )
-    keyboard = feedback_keyboard(prediction_id, reading.digits) if reading.items else None
-    answer = await message.reply_text(answer_text(reading), reply_markup=keyboard, do_quote=True)
+        keyboard = feedback_keyboard(prediction_id, reading.digits) if reading.items else None
+        answer = await message.reply_text(answer_text(reading), reply_markup=keyboard, do_quote=True)
     await db(svc.store.set_answer_message, prediction_id, answer.message_id)
     log.info(
         "prediction %d: %r (%s, %.2f) by model v%d",
@@ -194,10 +283,27 @@ async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def on_not_an_image(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Stickers, videos, voice, audio and files that are not images."""
+    """Stickers, videos, voice, audio and files that are not images (private chats only: in a group they
+    are chatter)."""
     await update.effective_message.reply_text(
         "I can only read handwritten digits from photos. Please send a photo (or an image file) of a digit."
     )
+
+
+async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Text and commands I don't know: a pointer to /help, in a group only when addressed."""
+    message = update.effective_message
+    command = message.text.startswith("/")
+    if command and not is_private(message):
+        # "/foo" in a group may be for another bot; "/foo@digitbot" is for me.
+        if not message.text.split()[0].lower().endswith(f"@{context.bot.username}".lower()):
+            return
+    elif not addressed(message, context.bot):
+        return
+    if command:
+        await message.reply_text("I don't know that command. /help lists what I can do.")
+    else:
+        await message.reply_text("I read handwritten digits from photos: send me one. /help tells you more.")
 
 
 # --- feedback ----------------------------------------------------------------------------------------------
@@ -212,10 +318,15 @@ async def on_feedback_button(update: Update, context: ContextTypes.DEFAULT_TYPE)
     except KeyError:
         await query.answer("That answer is gone (its data was deleted).")
         return
+    except NotTheSender:
+        await query.answer("Only the person who sent the photo can rate my answer.")
+        return
     await query.answer("Thanks!")
-    await query.edit_message_text(
-        with_feedback(query.message.text, feedback.digits, feedback.confirmed),
-        reply_markup=query.message.reply_markup,
+    await unless_unchanged(
+        query.edit_message_text(
+            with_feedback(query.message.text, feedback.digits, feedback.confirmed),
+            reply_markup=query.message.reply_markup,
+        )
     )
 
 
@@ -237,17 +348,23 @@ async def on_correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     if prediction is None:
         await message.reply_text("I found no answer of mine to correct. Send me a photo first.")
         return
-    feedback = await db(svc.store.record_feedback, prediction.id, user.id, context.args[0])
+    try:
+        feedback = await db(svc.store.record_feedback, prediction.id, user.id, context.args[0])
+    except NotTheSender:
+        await message.reply_text("Only the person who sent the photo can correct my answer.")
+        return
     await message.reply_text(f"Thanks! Recorded {feedback.digits} for that photo.")
     if prediction.answer_message_id:
         original = headline(prediction.digits, prediction.confidence, prediction.status)
-        await context.bot.edit_message_text(
-            with_feedback(original, feedback.digits, feedback.confirmed),
-            chat_id=prediction.chat_id,
-            message_id=prediction.answer_message_id,
-            reply_markup=feedback_keyboard(prediction.id, prediction.digits)
-            if prediction.input_count
-            else None,
+        await unless_unchanged(
+            context.bot.edit_message_text(
+                with_feedback(original, feedback.digits, feedback.confirmed),
+                chat_id=prediction.chat_id,
+                message_id=prediction.answer_message_id,
+                reply_markup=feedback_keyboard(prediction.id, prediction.digits)
+                if prediction.input_count
+                else None,
+            )
         )
 
 
@@ -289,11 +406,12 @@ async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def on_forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    asker = update.effective_user.id  # in a group, only the asker may answer the question
     keyboard = InlineKeyboardMarkup(
         [
             [
-                InlineKeyboardButton("Yes, delete my data", callback_data="forget:yes"),
-                InlineKeyboardButton("Cancel", callback_data="forget:no"),
+                InlineKeyboardButton("Yes, delete my data", callback_data=f"forget:yes:{asker}"),
+                InlineKeyboardButton("Cancel", callback_data=f"forget:no:{asker}"),
             ]
         ]
     )
@@ -306,8 +424,12 @@ async def on_forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 async def on_forget_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     query = update.callback_query
+    _, choice, asker = query.data.split(":")
+    if int(asker) != query.from_user.id:
+        await query.answer("Only the person who asked can answer this.")
+        return
     await query.answer()
-    if query.data != "forget:yes":
+    if choice != "yes":
         await query.edit_message_text("Nothing was deleted.")
         return
     await db(services(context).store.forget_user, query.from_user.id)
@@ -383,7 +505,7 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         user = update.effective_user.id if update.effective_user else None
         where = f"update {update.update_id} from user {user}"
     log.error("error handling %s", where or "a job", exc_info=context.error)
-    if isinstance(update, Update) and update.effective_message:
+    if isinstance(update, Update) and update.effective_message and update.effective_user:
         try:
             await update.effective_message.reply_text(
                 "Sorry, something went wrong on my side. Please try again."

@@ -183,12 +183,13 @@ def test_forget_deletes_after_confirmation(fake, bot, mnist, store):
     photo_reply(fake, 19, synthetic_photo(mnist, "9", "clean", seed=9))
     question = text_reply(fake, 19, "/forget")
     assert store.stats(19).predictions == 1
+    yes, no = [b["callback_data"] for b in question["reply_markup"]["inline_keyboard"][0]]
     mark = fake.mark()
-    fake.press(19, question["_message"], "forget:no")
+    fake.press(19, question["_message"], no)
     assert "Nothing was deleted" in fake.wait_for("editMessageText", after=mark, chat_id=19)["text"]
     assert store.stats(19).predictions == 1
     mark = fake.mark()
-    fake.press(19, question["_message"], "forget:yes")
+    fake.press(19, question["_message"], yes)
     assert "deleted" in fake.wait_for("editMessageText", after=mark, chat_id=19)["text"]
     assert store.stats(19).predictions == 0
 

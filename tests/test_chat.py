@@ -1,0 +1,209 @@
+"""End to end, the way people use Telegram: groups (privacy mode), edits, channels, albums, other members'
+buttons. The real `digitbot run` process against the fake Bot API server."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from storage.db import connect, sqlite_url
+from storage.repository import Store
+from tests.fake_telegram import BOT_USER, BotProcess, FakeTelegram
+from tests.photos import synthetic_photo
+
+TOKEN = "123456789:TEST-fake-token-chat"
+ADMIN = 1
+MENTION = f"@{BOT_USER['username']}"
+
+
+@pytest.fixture(scope="module")
+def fake():
+    server = FakeTelegram(TOKEN)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("chat-data")
+
+
+@pytest.fixture(scope="module")
+def bot(fake, data_dir, mnist):
+    process = BotProcess(fake, data_dir, TOKEN, admins=str(ADMIN), rate_limit=30)
+    yield process
+    assert process.stop() == 0
+    assert "Traceback" not in process.log()
+
+
+@pytest.fixture
+def store(data_dir):
+    engine = connect(sqlite_url(data_dir))
+    yield Store(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def admin_bot(fake):
+    """The bot as a group admin: Telegram delivers every group message, so the bot itself must choose."""
+    fake.privacy = False
+    yield
+    fake.privacy = True
+
+
+def answers(fake: FakeTelegram, chat_id: int, after: int) -> list[dict]:
+    return [p for name, p in fake.calls_to(chat_id, after=after) if name == "sendMessage"]
+
+
+def prediction_id(answer: dict) -> int:
+    return int(answer["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1])
+
+
+def test_group_photo_is_read_only_when_the_bot_is_addressed(fake, bot, mnist, admin_bot):
+    group = fake.group(-1001)
+    photo = synthetic_photo(mnist, "7", "clean", seed=7)
+    mark = fake.mark()
+    fake.send_photo(50, photo, chat=group)  # chatter: no mention
+    fake.send_other(50, "sticker", chat=group)
+    fake.send_text(50, "nice weather today", chat=group)
+    mentioned = fake.send_photo(50, photo, caption=f"{MENTION} what is this?", chat=group)
+    # The same user's photos are answered in order: had the first been read, its answer came first.
+    answer = fake.wait_for("sendMessage", after=mark, chat_id=group["id"])
+    assert answer["reply_parameters"]["message_id"] == mentioned["message_id"]
+    assert answer["text"].startswith("7 - ")
+    assert len(answers(fake, group["id"], mark)) == 1
+
+
+def test_group_photo_replying_to_the_bot_or_asked_with_read(fake, bot, mnist):
+    group = fake.group(-1002)
+    mark = fake.mark()
+    fake.send_photo(51, synthetic_photo(mnist, "3", "clean", seed=3), caption=MENTION, chat=group)
+    answer = fake.wait_for("sendMessage", after=mark, chat_id=group["id"])["_message"]
+    mark = fake.mark()
+    reply = fake.send_photo(51, synthetic_photo(mnist, "5", "clean", seed=5), chat=group, reply_to=answer)
+    second = fake.wait_for("sendMessage", after=mark, chat_id=group["id"])
+    assert second["text"].startswith("5 - ")
+    assert second["reply_parameters"]["message_id"] == reply["message_id"]
+    mark = fake.mark()
+    silent = fake.send_photo(52, synthetic_photo(mnist, "4", "clean", seed=4), chat=group)  # not delivered
+    fake.send_text(53, "/read", reply_to=silent, chat=group)
+    read = fake.wait_for("sendMessage", after=mark, chat_id=group["id"])
+    assert read["text"].startswith("4 - ") and read["reply_parameters"]["message_id"] == silent["message_id"]
+
+
+def test_group_commands_with_and_without_the_bots_name(fake, bot, admin_bot):
+    group = fake.group(-1003)
+    mark = fake.mark()
+    fake.send_text(54, "/stats@some_other_bot", chat=group)
+    fake.send_text(54, "/weather@some_other_bot", chat=group)
+    fake.send_text(54, "/weather", chat=group)  # for whichever bot knows it
+    fake.send_text(54, f"/stats@{BOT_USER['username']}", chat=group)
+    assert fake.wait_for("sendMessage", after=mark, chat_id=group["id"])["text"].startswith("You: 0 photos")
+    mark = fake.mark()
+    fake.send_text(54, f"/weather@{BOT_USER['username']}", chat=group)
+    assert "don't know that command" in fake.wait_for("sendMessage", after=mark, chat_id=group["id"])["text"]
+    mark = fake.mark()
+    fake.send_text(54, f"{MENTION} hello!", chat=group)
+    assert "/help" in fake.wait_for("sendMessage", after=mark, chat_id=group["id"])["text"]
+    time.sleep(1)
+    assert len(answers(fake, group["id"], mark)) == 1
+
+
+def test_text_and_unknown_commands_in_a_private_chat_point_to_help(fake, bot):
+    mark = fake.mark()
+    fake.send_text(55, "hello, what can you do?")
+    assert "/help" in fake.wait_for("sendMessage", after=mark, chat_id=55)["text"]
+    mark = fake.mark()
+    fake.send_text(55, "/weather")
+    assert "don't know that command" in fake.wait_for("sendMessage", after=mark, chat_id=55)["text"]
+
+
+def test_only_the_photos_sender_can_rate_it(fake, bot, mnist, store):
+    group = fake.group(-1004)
+    mark = fake.mark()
+    fake.send_photo(56, synthetic_photo(mnist, "2", "clean", seed=2), caption=MENTION, chat=group)
+    answer = fake.wait_for("sendMessage", after=mark, chat_id=group["id"])
+    mark = fake.mark()
+    fake.press(57, answer["_message"], f"fb:{prediction_id(answer)}:8")  # another member
+    refusal = fake.wait_for("answerCallbackQuery", after=mark)
+    assert "Only the person who sent the photo" in refusal["text"]
+    assert store.stats(56).feedback == 0 and store.stats(57).feedback == 0
+    assert not [c for c in fake.calls[mark:] if c[0] == "editMessageText"]
+    mark = fake.mark()
+    fake.press(56, answer["_message"], f"fb:{prediction_id(answer)}:8")
+    fake.wait_for("editMessageText", after=mark, chat_id=group["id"], text=lambda t: "Corrected to 8" in t)
+    assert store.stats(56).feedback == 1
+
+
+def test_only_the_asker_can_confirm_forget(fake, bot, mnist, store):
+    group = fake.group(-1005)
+    mark = fake.mark()
+    fake.send_photo(58, synthetic_photo(mnist, "6", "clean", seed=6), caption=MENTION, chat=group)
+    fake.wait_for("sendMessage", after=mark, chat_id=group["id"])
+    mark = fake.mark()
+    fake.send_text(58, f"/forget@{BOT_USER['username']}", chat=group)
+    question = fake.wait_for("sendMessage", after=mark, chat_id=group["id"])
+    yes = question["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+    mark = fake.mark()
+    fake.press(59, question["_message"], yes)
+    assert "Only the person who asked" in fake.wait_for("answerCallbackQuery", after=mark)["text"]
+    assert store.stats(58).predictions == 1
+    mark = fake.mark()
+    fake.press(58, question["_message"], yes)
+    fake.wait_for("editMessageText", after=mark, chat_id=group["id"])
+    assert store.stats(58).predictions == 0
+
+
+def test_pressing_the_same_button_twice_is_harmless(fake, bot, mnist, store):
+    mark = fake.mark()
+    fake.send_photo(60, synthetic_photo(mnist, "1", "clean", seed=1))
+    answer = fake.wait_for("sendMessage", after=mark, chat_id=60)
+    for _ in range(2):
+        mark = fake.mark()
+        fake.press(60, answer["_message"], f"fb:{prediction_id(answer)}:ok")
+        assert fake.wait_for("answerCallbackQuery", after=mark)["text"] == "Thanks!"
+    time.sleep(1)
+    # The second edit changed nothing (Telegram: 400 "message is not modified"): no error for the user.
+    assert all("went wrong" not in p.get("text", "") for p in answers(fake, 60, mark))
+    assert store.stats(60).confirmed == 1
+
+
+def test_an_edited_caption_is_not_a_new_photo(fake, bot, mnist, store):
+    mark = fake.mark()
+    photo = fake.send_photo(61, synthetic_photo(mnist, "8", "clean", seed=8), caption="my eight")
+    fake.wait_for("sendMessage", after=mark, chat_id=61)
+    mark = fake.mark()
+    fake.edit(photo, caption="my eight, edited")
+    later = fake.send_photo(61, synthetic_photo(mnist, "9", "clean", seed=9))
+    # Answers come in order: an answer to the edit would come before the new photo's.
+    assert (
+        fake.wait_for("sendMessage", after=mark, chat_id=61)["reply_parameters"]["message_id"]
+        == later["message_id"]
+    )
+    assert store.stats(61).predictions == 2
+
+
+def test_channel_posts_are_ignored_without_errors(fake, bot, mnist):
+    mark = fake.mark()
+    fake.channel_post(-1009, data=synthetic_photo(mnist, "2", "clean", seed=2))
+    fake.channel_post(-1009, text="/start")
+    time.sleep(3)
+    assert fake.calls_to(-1009, after=mark) == []
+    assert "error handling" not in bot.log()
+
+
+def test_an_album_gets_one_answer_per_photo_in_order(fake, bot, mnist, admin_bot):
+    """In a group the mention is in the first photo's caption only; with privacy mode on Telegram would
+    not even deliver the others, so this group has the bot as an admin."""
+    photos = [synthetic_photo(mnist, digit, "clean", seed=int(digit)) for digit in "372"]
+    for chat, caption in ((None, None), (fake.group(-1010), MENTION)):
+        mark = fake.mark()
+        album = fake.send_album(62, photos, caption=caption, chat=chat)
+        chat_id = chat["id"] if chat else 62
+        deadline = time.monotonic() + 60
+        while len(answers(fake, chat_id, mark)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        replies = answers(fake, chat_id, mark)
+        assert [r["reply_parameters"]["message_id"] for r in replies] == [m["message_id"] for m in album]
+        assert [r["text"][0] for r in replies] == ["3", "7", "2"]
