@@ -87,6 +87,8 @@ def add_handlers(application: Application) -> None:
     application.add_handler(
         CallbackQueryHandler(handlers.on_feedback_button, pattern=r"^fb:[0-9]+:(ok|[0-9])$")
     )
+    application.add_handler(CallbackQueryHandler(handlers.on_correct_button, pattern=r"^fix:[0-9]+$"))
+    application.add_handler(CallbackQueryHandler(handlers.on_saw_button, pattern=r"^saw:[0-9]+$"))
     application.add_handler(
         CallbackQueryHandler(handlers.on_forget_button, pattern=r"^forget:(yes|no):[0-9]+$")
     )

@@ -11,7 +11,18 @@ from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Hashable
 from dataclasses import dataclass, field
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message, MessageEntity, Update
+from telegram import (
+    Bot,
+    Document,
+    ForceReply,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    MessageEntity,
+    PhotoSize,
+    ReplyParameters,
+    Update,
+)
 from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest
 from telegram.ext import ContextTypes
@@ -20,10 +31,12 @@ from bot.learning import Trainer
 from bot.model_store import LiveModel, ModelIntegrityError, rollback
 from bot.settings import Settings
 from recognizer import ImageError
-from recognizer.classify import Reading
-from recognizer.images import MAX_BYTES
+from recognizer.classify import Reading, Recognizer
+from recognizer.images import MAX_BYTES, decode_image
 from recognizer.labelled import read_and_keep
-from storage.repository import NotTheSender, Store
+from recognizer.report import what_i_saw
+from storage.models import Prediction
+from storage.repository import Store
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +46,11 @@ PHOTO_TIPS = (
 )
 HELP = (
     "Send me a photo of a handwritten digit (or a number) and I'll tell you what it says.\n\n"
-    "If I'm wrong, tap the right digit under my answer, or reply to it with /correct 7 "
-    "(or /correct 2024 for a number). Your corrections teach me: I keep a small copy of each photo you "
-    "rate (up to 640 px, gray) to learn from; photos nobody rates are dropped within a day.\n\n"
+    "If I'm wrong, tap the right digit under my answer, or ✏️ Correct to type the right number "
+    "(or reply to my answer with /correct 7 or /correct 2024). Your corrections teach me: I keep a small "
+    "copy of each photo you rate (up to 640 px, gray) to learn from; photos nobody rates are dropped "
+    "within a day.\n"
+    "🔍 What I saw shows the digits I found and how I read each one.\n\n"
     f"{PHOTO_TIPS}\n\n"
     "/stats - how well I'm doing\n/forget - delete everything I stored about you\n/help - this message"
 )
@@ -165,29 +180,35 @@ def headline(digits: str, confidence: float, status: str) -> str:
 
 
 def answer_text(reading: Reading) -> str:
+    """The answer under the photo; its hint names only the buttons feedback_keyboard shows."""
     first = headline(reading.digits, reading.confidence, reading.status)
     if reading.status == "no_digit":
         return f"{first}\n\n{PHOTO_TIPS}"
+    single = len(reading.digits) == 1
     if reading.status == "ok":
-        hint = (
-            "Right? Tap ✅, or the right digit."
-            if len(reading.digits) == 1
-            else "Wrong? Reply to this message with /correct and the right number."
-        )
+        hint = "Right? Tap ✅, or the right digit." if single else "Right? Tap ✅, or ✏️ Correct to type it."
         return f"{first}\n{hint}"
     guesses = "\n".join(
         f"digit {i + 1}: " * (len(reading.items) > 1) + ", ".join(f"{d} ({p:.0%})" for d, p in item.top(3))
         for i, item in enumerate(reading.items)
     )
-    return f"{first}\nTop guesses: {guesses}\n\nTap the right digit or reply /correct with it.\n{PHOTO_TIPS}"
+    hint = "Tap the right digit, or ✅ if I got it." if single else "Tap ✏️ Correct and type the number."
+    return f"{first}\nTop guesses: {guesses}\n\n{hint}\n{PHOTO_TIPS}"
 
 
 def feedback_keyboard(prediction_id: int, digits: str) -> InlineKeyboardMarkup:
-    confirm = [InlineKeyboardButton("✅ Right", callback_data=f"fb:{prediction_id}:ok")]
+    """✅ and ✏️ (type the right number), the ten digits when one digit was read, and 🔍 What I saw."""
+    saw = [InlineKeyboardButton("🔍 What I saw", callback_data=f"saw:{prediction_id}")]
+    if not digits:
+        return InlineKeyboardMarkup([saw])
+    first_row = [
+        InlineKeyboardButton("✅ Right", callback_data=f"fb:{prediction_id}:ok"),
+        InlineKeyboardButton("✏️ Correct", callback_data=f"fix:{prediction_id}"),
+    ]
     if len(digits) != 1:
-        return InlineKeyboardMarkup([confirm])
+        return InlineKeyboardMarkup([first_row, saw])
     numbers = [InlineKeyboardButton(str(d), callback_data=f"fb:{prediction_id}:{d}") for d in range(10)]
-    return InlineKeyboardMarkup([confirm, numbers[:5], numbers[5:]])
+    return InlineKeyboardMarkup([first_row, numbers[:5], numbers[5:], saw])
 
 
 def with_feedback(text: str, label: str, confirmed: bool) -> str:
@@ -206,6 +227,15 @@ async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 def is_image(message: Message) -> bool:
     document = message.document
     return bool(message.photo) or (document is not None and (document.mime_type or "").startswith("image/"))
+
+
+def largest(message: Message) -> PhotoSize | Document:
+    """The image of a message: the largest of a photo's sizes (the first is a thumbnail), or the file."""
+    return message.photo[-1] if message.photo else message.document
+
+
+async def download(attachment: PhotoSize | Document) -> bytes:
+    return bytes(await (await attachment.get_file()).download_as_bytearray())
 
 
 async def on_read(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -234,7 +264,7 @@ async def read_photo(update: Update, context: ContextTypes.DEFAULT_TYPE, message
                 f"minute; please try again in {wait:.0f} s."
             )
             return
-        attachment = message.photo[-1] if message.photo else message.document  # the largest photo size
+        attachment = largest(message)
         if attachment.file_size and attachment.file_size > MAX_BYTES:
             await message.reply_text(
                 f"That file is {attachment.file_size / 2**20:.0f} MB; I can read images up to "
@@ -242,7 +272,7 @@ async def read_photo(update: Update, context: ContextTypes.DEFAULT_TYPE, message
             )
             return
         await context.bot.send_chat_action(message.chat_id, ChatAction.TYPING)
-        data = bytes(await (await attachment.get_file()).download_as_bytearray())
+        data = await download(attachment)
         recognizer, version = svc.model.current()
         try:
             reading, kept = await asyncio.get_running_loop().run_in_executor(
@@ -269,7 +299,7 @@ async def read_photo(update: Update, context: ContextTypes.DEFAULT_TYPE, message
             photo=data if svc.settings.keep_photos else None,
             image=kept,
         )
-        keyboard = feedback_keyboard(prediction_id, reading.digits) if reading.items else None
+        keyboard = feedback_keyboard(prediction_id, reading.digits)
         answer = await message.reply_text(answer_text(reading), reply_markup=keyboard, do_quote=True)
     await db(svc.store.set_answer_message, prediction_id, answer.message_id)
     log.info(
@@ -293,6 +323,9 @@ async def on_not_an_image(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
 async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Text and commands I don't know: a pointer to /help, in a group only when addressed."""
     message = update.effective_message
+    if (prediction_id := correction_asked(message, context.bot)) is not None:
+        await on_correction_reply(update, context, prediction_id)
+        return
     command = message.text.startswith("/")
     if command and not is_private(message):
         # "/foo" in a group may be for another bot; "/foo@digitbot" is for me.
@@ -307,20 +340,27 @@ async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 # --- feedback ----------------------------------------------------------------------------------------------
+def refusal(prediction: Prediction | None, user_id: int) -> str | None:
+    """Why this user may not rate or correct this prediction, or None if they may: in a group anyone can
+    press the buttons, but only the photo's sender knows what they wrote."""
+    if prediction is None:
+        return "That answer is gone (its data was deleted)."
+    if prediction.user_id != user_id:
+        return "Only the person who sent the photo can rate or correct my answer."
+    return None
+
+
 async def on_feedback_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     query = update.callback_query
     _, prediction_id, choice = query.data.split(":")
-    label = None if choice == "ok" else choice
-    try:
-        feedback = await db(
-            services(context).store.record_feedback, int(prediction_id), query.from_user.id, label
-        )
-    except KeyError:
-        await query.answer("That answer is gone (its data was deleted).")
+    store = services(context).store
+    prediction = await db(store.get_prediction, int(prediction_id))
+    if reason := refusal(prediction, query.from_user.id):
+        await query.answer(reason)
         return
-    except NotTheSender:
-        await query.answer("Only the person who sent the photo can rate my answer.")
-        return
+    feedback = await db(
+        store.record_feedback, prediction.id, query.from_user.id, None if choice == "ok" else choice
+    )
     await query.answer("Thanks!")
     await unless_unchanged(
         query.edit_message_text(
@@ -330,11 +370,16 @@ async def on_feedback_button(update: Update, context: ContextTypes.DEFAULT_TYPE)
     )
 
 
+def is_number(text: str) -> bool:
+    """What a correction may be: 1 to 8 ASCII digits (str.isdigit() would let "²" in)."""
+    return re.fullmatch(r"[0-9]{1,8}", text) is not None
+
+
 async def on_correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/correct 7 or /correct 2024: as a reply to my answer or the photo, or for the user's latest photo."""
     message, user = update.effective_message, update.effective_user
     svc = services(context)
-    if len(context.args) != 1 or not re.fullmatch(r"[0-9]{1,8}", context.args[0]):
+    if len(context.args) != 1 or not is_number(context.args[0]):
         await message.reply_text(
             "Usage: /correct 7 (or /correct 2024), as a reply to my answer, or alone to "
             "correct your latest photo."
@@ -348,11 +393,18 @@ async def on_correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     if prediction is None:
         await message.reply_text("I found no answer of mine to correct. Send me a photo first.")
         return
-    try:
-        feedback = await db(svc.store.record_feedback, prediction.id, user.id, context.args[0])
-    except NotTheSender:
-        await message.reply_text("Only the person who sent the photo can correct my answer.")
+    await correct(update, context, prediction, context.args[0])
+
+
+async def correct(
+    update: Update, context: ContextTypes.DEFAULT_TYPE, prediction: Prediction | None, digits: str
+) -> None:
+    """Store the user's right answer for a prediction, and show it under my answer."""
+    message, user = update.effective_message, update.effective_user
+    if reason := refusal(prediction, user.id):
+        await message.reply_text(reason)
         return
+    feedback = await db(services(context).store.record_feedback, prediction.id, user.id, digits)
     await message.reply_text(f"Thanks! Recorded {feedback.digits} for that photo.")
     if prediction.answer_message_id:
         original = headline(prediction.digits, prediction.confidence, prediction.status)
@@ -361,11 +413,79 @@ async def on_correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
                 with_feedback(original, feedback.digits, feedback.confirmed),
                 chat_id=prediction.chat_id,
                 message_id=prediction.answer_message_id,
-                reply_markup=feedback_keyboard(prediction.id, prediction.digits)
-                if prediction.input_count
-                else None,
+                reply_markup=feedback_keyboard(prediction.id, prediction.digits),
             )
         )
+
+
+# The ✏️ question names its prediction ("#12"): the user's reply carries the question (Telegram nests the
+# replied-to message), so the flow needs no state and survives a restart.
+CORRECTION_QUESTION = re.compile(r"^✏️ .*#([0-9]+)")
+
+
+async def on_correct_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """✏️ Correct: ask the photo's sender for the right number with a ForceReply."""
+    query = update.callback_query
+    prediction = await db(services(context).store.get_prediction, int(query.data.split(":")[1]))
+    if reason := refusal(prediction, query.from_user.id):
+        await query.answer(reason)
+        return
+    await query.answer()
+    await context.bot.send_message(
+        prediction.chat_id,
+        f"✏️ What does photo #{prediction.id} say? Reply to this message with the right number.",
+        # In a group, selective shows the reply field only to the sender of the photo this replies to.
+        reply_markup=ForceReply(selective=True, input_field_placeholder="2024"),
+        reply_parameters=ReplyParameters(prediction.photo_message_id, allow_sending_without_reply=True),
+    )
+
+
+def correction_asked(message: Message, bot: Bot) -> int | None:
+    """The prediction id if this message replies to my ✏️ question, else None."""
+    question = message.reply_to_message
+    if question is None or question.from_user is None or question.from_user.id != bot.id:
+        return None
+    match = CORRECTION_QUESTION.match(question.text or "")
+    return int(match[1]) if match else None
+
+
+async def on_correction_reply(update: Update, context: ContextTypes.DEFAULT_TYPE, prediction_id: int) -> None:
+    message = update.effective_message
+    digits = message.text.strip()
+    if not is_number(digits):
+        await message.reply_text(
+            "Please reply with digits only, like 2024.",
+            reply_markup=ForceReply(selective=True, input_field_placeholder="2024"),
+        )
+        return
+    prediction = await db(services(context).store.get_prediction, prediction_id)
+    await correct(update, context, prediction, digits)
+
+
+async def on_saw_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """🔍 What I saw: the photo with a box per digit, and the 28x28 inputs with the model's top-3."""
+    query = update.callback_query
+    photo = query.message.reply_to_message if query.message else None
+    if photo is None or not is_image(photo):
+        await query.answer("I can't see that photo any more.")
+        return
+    await query.answer()
+    await context.bot.send_chat_action(query.message.chat_id, ChatAction.UPLOAD_PHOTO)
+    recognizer, _ = services(context).model.current()
+    data = await download(largest(photo))
+    try:
+        png = await asyncio.get_running_loop().run_in_executor(None, explain, recognizer, data)
+    except ImageError as exc:
+        await query.message.reply_text(f"I couldn't read that image: {exc}.")
+        return
+    await query.message.reply_photo(
+        png, caption="What I saw: each digit I found, what it looked like to me, and my top 3 guesses."
+    )
+
+
+def explain(recognizer: Recognizer, data: bytes) -> bytes:
+    gray = decode_image(data)
+    return what_i_saw(gray, recognizer.read(gray))
 
 
 # --- commands ----------------------------------------------------------------------------------------------

@@ -21,11 +21,6 @@ MODEL_STATUSES = ("candidate", "active", "rejected", "retired")
 LABEL = re.compile(r"[0-9]{1,16}")
 
 
-class NotTheSender(PermissionError):
-    """Feedback on a prediction from someone other than the photo's sender (in a group, anyone can press
-    the buttons)."""
-
-
 @dataclass(frozen=True)
 class LabelledPhoto:
     """One photo with the right answer a user gave for it (a correction or a confirmation)."""
@@ -202,15 +197,13 @@ class Store:
 
     def record_feedback(self, prediction_id: int, user_id: int, digits: str | None) -> Feedback:
         """The user's answer to a prediction: `digits` is the right answer, None confirms the prediction.
-        One feedback per prediction, from the photo's sender: a later call replaces the earlier one."""
+        One feedback per user and prediction: a later call replaces the earlier one."""
         if digits is not None and not LABEL.fullmatch(digits):
             raise ValueError(f"a label is 1-16 ASCII digits, not {digits!r}")
         with self.session.begin() as s:
             prediction = s.get(Prediction, prediction_id)
             if prediction is None:
                 raise KeyError(f"no prediction {prediction_id}")
-            if prediction.user_id != user_id:
-                raise NotTheSender(f"user {user_id} did not send the photo of prediction {prediction_id}")
             self._touch_user(s, user_id, None)
             confirmed = digits is None or digits == prediction.digits
             label = prediction.digits if digits is None else digits

@@ -112,6 +112,8 @@ class FakeTelegram:
             "chat": chat,
             **fields,
         }
+        if "reply_to_message" in message:  # nested one level deep only, as on Telegram
+            message["reply_to_message"] = _shallow(message["reply_to_message"])
         for text_field, entities_field in (("text", "entities"), ("caption", "caption_entities")):
             if entities := _entities(message.get(text_field, "")):
                 message[entities_field] = entities
@@ -330,14 +332,13 @@ class FakeTelegram:
         if "document" in params:
             message["document"] = {**self._file(params["document"]), "file_name": "document"}
             message["caption"] = params.get("caption", "")
-        if "reply_markup" in params:
+        if "inline_keyboard" in params.get("reply_markup", {}):  # ForceReply is not part of the message
             message["reply_markup"] = params["reply_markup"]
         replied = (params.get("reply_parameters") or {}).get("message_id")
         with self._cond:
             if replied is not None and (chat_id, int(replied)) in self.messages:
                 # Telegram nests the replied-to message one level deep, without its own reply_to_message.
-                original = self.messages[(chat_id, int(replied))]
-                message["reply_to_message"] = {k: v for k, v in original.items() if k != "reply_to_message"}
+                message["reply_to_message"] = _shallow(self.messages[(chat_id, int(replied))])
             self.messages[(chat_id, message["message_id"])] = message
         return message
 
@@ -461,6 +462,11 @@ def _params(content_type: str, body: bytes) -> dict:
     else:
         raw = {k: v[0] for k, v in parse_qs(body.decode()).items()}
     return {k: json.loads(v) if k in JSON_FIELDS and isinstance(v, str) else v for k, v in raw.items()}
+
+
+def _shallow(message: dict) -> dict:
+    """Telegram nests a replied-to message one level deep, without its own reply_to_message."""
+    return {k: v for k, v in message.items() if k != "reply_to_message"}
 
 
 def _entities(text: str) -> list[dict]:

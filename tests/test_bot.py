@@ -90,7 +90,10 @@ def test_photo_is_answered_with_the_digit_the_confidence_and_buttons(fake, bot, 
     assert reply["text"].startswith("7 - ") and "% sure" in reply["text"].splitlines()[0]
     assert reply["reply_parameters"]["message_id"] == photo["message_id"]
     buttons = [b["callback_data"] for row in reply["reply_markup"]["inline_keyboard"] for b in row]
-    assert len(buttons) == 11 and buttons[0].endswith(":ok")
+    prediction = buttons[0].split(":")[1]
+    assert buttons == [f"fb:{prediction}:ok", f"fix:{prediction}"] + [
+        f"fb:{prediction}:{d}" for d in range(10)
+    ] + [f"saw:{prediction}"]
     fake.wait_for("sendChatAction", after=mark, chat_id=11, action="typing")
     largest = photo["photo"][-1]["file_id"]
     fake.wait_for("getFile", after=mark, file_id=largest)  # the largest size, not the thumbnail

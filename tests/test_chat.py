@@ -3,9 +3,11 @@ buttons. The real `digitbot run` process against the fake Bot API server."""
 
 from __future__ import annotations
 
+import io
 import time
 
 import pytest
+from PIL import Image
 
 from storage.db import connect, sqlite_url
 from storage.repository import Store
@@ -207,3 +209,68 @@ def test_an_album_gets_one_answer_per_photo_in_order(fake, bot, mnist, admin_bot
         replies = answers(fake, chat_id, mark)
         assert [r["reply_parameters"]["message_id"] for r in replies] == [m["message_id"] for m in album]
         assert [r["text"][0] for r in replies] == ["3", "7", "2"]
+
+
+def buttons(answer: dict) -> list[str]:
+    return [b["text"] for row in answer["reply_markup"]["inline_keyboard"] for b in row]
+
+
+def test_correct_button_asks_for_the_number_and_stores_the_reply(fake, bot, mnist, store):
+    mark = fake.mark()
+    fake.send_photo(63, synthetic_photo(mnist, "2024", "clean", seed=3))
+    answer = fake.wait_for("sendMessage", after=mark, chat_id=63)
+    # The text names only buttons that are there: no digit buttons under a number.
+    assert buttons(answer) == ["✅ Right", "✏️ Correct", "🔍 What I saw"]
+    assert "✏️ Correct" in answer["text"] and "digit" not in answer["text"].split("\n", 1)[1]
+    mark = fake.mark()
+    fake.press(63, answer["_message"], f"fix:{prediction_id(answer)}")
+    question = fake.wait_for("sendMessage", after=mark, chat_id=63)
+    assert question["reply_markup"]["force_reply"] is True
+    mark = fake.mark()
+    fake.send_text(63, "20x4", reply_to=question["_message"])
+    retry = fake.wait_for("sendMessage", after=mark, chat_id=63)
+    assert "digits only" in retry["text"] and retry["reply_markup"]["force_reply"] is True
+    mark = fake.mark()
+    fake.send_text(63, "2021", reply_to=question["_message"])
+    assert "Recorded 2021" in fake.wait_for("sendMessage", after=mark, chat_id=63)["text"]
+    fake.wait_for("editMessageText", after=mark, chat_id=63, text=lambda t: "Corrected to 2021" in t)
+    training = store.training_set()
+    assert sorted(
+        int(label) for label, user in zip(training.labels, training.users, strict=True) if user == 63
+    ) == [0, 1, 2, 2]
+
+
+def test_correct_button_is_for_the_photos_sender_only(fake, bot, mnist, store):
+    group = fake.group(-1011)
+    mark = fake.mark()
+    fake.send_photo(64, synthetic_photo(mnist, "5", "clean", seed=5), caption=MENTION, chat=group)
+    answer = fake.wait_for("sendMessage", after=mark, chat_id=group["id"])
+    mark = fake.mark()
+    fake.press(65, answer["_message"], f"fix:{prediction_id(answer)}")
+    assert "Only the person who sent the photo" in fake.wait_for("answerCallbackQuery", after=mark)["text"]
+    mark = fake.mark()
+    fake.press(64, answer["_message"], f"fix:{prediction_id(answer)}")
+    question = fake.wait_for("sendMessage", after=mark, chat_id=group["id"])
+    assert question["reply_markup"]["selective"] is True
+    mark = fake.mark()
+    fake.send_text(65, "3", reply_to=question["_message"], chat=group)  # someone else answers the question
+    assert "Only the person who sent the photo" in fake.wait_for("sendMessage", after=mark)["text"]
+    assert store.stats(64).feedback == 0 and store.stats(65).feedback == 0
+
+
+def what_i_saw(fake: FakeTelegram, user: int, photo: bytes) -> tuple[int, int]:
+    mark = fake.mark()
+    fake.send_photo(user, photo)
+    answer = fake.wait_for("sendMessage", after=mark, chat_id=user)
+    assert buttons(answer)[-1] == "🔍 What I saw"
+    mark = fake.mark()
+    fake.press(user, answer["_message"], f"saw:{prediction_id(answer)}")
+    png = fake.wait_for("sendPhoto", after=mark, chat_id=user)["photo"]
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    return Image.open(io.BytesIO(png)).size
+
+
+def test_what_i_saw_grows_with_the_number_of_digits(fake, bot, mnist):
+    one = what_i_saw(fake, 66, synthetic_photo(mnist, "7", "clean", seed=7))
+    four = what_i_saw(fake, 66, synthetic_photo(mnist, "2024", "clean", seed=3))
+    assert four[0] > one[0] and four[1] == one[1]
