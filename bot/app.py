@@ -84,6 +84,9 @@ def add_handlers(application: Application) -> None:
     application.add_handler(command("models", handlers.on_models))
     application.add_handler(command("rollback", handlers.on_rollback))
     application.add_handler(command("ban", handlers.on_ban))
+    application.add_handler(command("unban", handlers.on_unban))
+    application.add_handler(command("export", handlers.on_export))
+    application.add_handler(command("privacy", handlers.on_privacy))
     application.add_handler(
         CallbackQueryHandler(handlers.on_feedback_button, pattern=r"^fb:[0-9]+:(ok|[0-9])$")
     )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import hashlib
+import html
 import logging
 import re
 import time
@@ -23,10 +26,11 @@ from telegram import (
     ReplyParameters,
     Update,
 )
-from telegram.constants import ChatAction, ChatType
+from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import BadRequest
 from telegram.ext import ContextTypes
 
+from bot.export import corrections_zip
 from bot.learning import Trainer
 from bot.model_store import LiveModel, ModelIntegrityError, rollback
 from bot.settings import Settings
@@ -36,7 +40,7 @@ from recognizer.images import MAX_BYTES, decode_image
 from recognizer.labelled import read_and_keep
 from recognizer.report import what_i_saw
 from storage.models import Prediction
-from storage.repository import Store
+from storage.repository import Stats, Store
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +56,17 @@ HELP = (
     "within a day.\n"
     "🔍 What I saw shows the digits I found and how I read each one.\n\n"
     f"{PHOTO_TIPS}\n\n"
-    "/stats - how well I'm doing\n/forget - delete everything I stored about you\n/help - this message"
+    "In a group, mention me in the photo's caption or reply /read to a photo.\n\n"
+    "/stats - how well I'm doing\n/privacy - what I store about you\n"
+    "/forget - delete everything I stored about you\n/help - this message"
 )
 USER_COMMANDS = [
     ("start", "What this bot does"),
     ("help", "How to send a good photo"),
     ("stats", "How well the bot reads digits"),
     ("correct", "Correct my last answer: /correct 7"),
+    ("read", "Read the photo you reply to (in groups)"),
+    ("privacy", "What the bot stores about you"),
     ("forget", "Delete your data"),
 ]
 ADMIN_COMMANDS = [
@@ -66,6 +74,8 @@ ADMIN_COMMANDS = [
     ("models", "Model versions"),
     ("rollback", "Re-activate the previous model"),
     ("ban", "Ban a user: /ban <user id>"),
+    ("unban", "Lift a ban: /unban <user id>"),
+    ("export", "Download the corrections as a dataset (zip)"),
 ]
 
 
@@ -494,6 +504,33 @@ async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await update.effective_message.reply_text(HELP)
 
 
+def privacy_text(settings: Settings) -> str:
+    """What is stored, for how long, who sees it, and what /forget can and cannot undo."""
+    photo = "the photo itself too" if settings.keep_photos else "not the photo itself (it stays on Telegram)"
+    kept = (
+        f"The digit images are deleted after {settings.retention_days} days; the counts stay."
+        if settings.retention_days
+        else "They are kept until you delete them with /forget."
+    )
+    return (
+        "What I store about you:\n"
+        "- your Telegram id and name;\n"
+        "- for each photo: the digits I read, how sure I was, and the 28x28 images of the digits I saw "
+        f"(what my model looks at); {photo};\n"
+        "- your corrections and confirmations.\n\n"
+        f"{kept}\n\n"
+        "Who can see it: only the bot's admins. They can download the digit images and corrections as a "
+        "dataset, with your id replaced by a code. Your corrections teach the model that answers "
+        "everyone.\n\n"
+        "/forget deletes all of it for good. It cannot undo what a model already learned: versions trained "
+        "on your corrections before you asked keep what they learned (but none of your data)."
+    )
+
+
+async def on_privacy(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await update.effective_message.reply_text(privacy_text(services(context).settings))
+
+
 async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     from bot.charts import stats_chart
 
@@ -519,10 +556,27 @@ async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if last_run:
         lines.append(f"Last retraining: {last_run.status} ({last_run.started_at:%Y-%m-%d %H:%M})")
     await update.effective_message.reply_text("\n".join(lines))
+    if is_admin(update, context) and everyone.feedback:
+        await update.effective_message.reply_text(admin_stats(everyone), parse_mode=ParseMode.HTML)
     if everyone.feedback:
         await context.bot.send_chat_action(update.effective_chat.id, ChatAction.UPLOAD_PHOTO)
         png = await asyncio.to_thread(stats_chart, everyone)
         await update.effective_message.reply_photo(png, caption="Accuracy over time and per digit")
+
+
+def admin_stats(stats: Stats) -> str:
+    """Live accuracy per model version and the confusion matrix of live feedback, as HTML (a <pre> table)."""
+    versions = ", ".join(f"v{v}: {a:.1%}" for v, a in sorted(stats.by_version.items()))
+    header = "true\\read " + " ".join(f"{d:>3}" for d in range(10))
+    rows = [
+        f"{t:>9} " + " ".join(f"{n:>3}" if n else "  ." for n in row) for t, row in enumerate(stats.confusion)
+    ]
+    table = html.escape("\n".join([header, *rows]))
+    return (
+        f"Live accuracy by model version: {versions or 'n/a'}\n"
+        "Confusion matrix of live feedback (rows: the right digit, columns: what I read):\n"
+        f"<pre>{table}</pre>"
+    )
 
 
 async def on_forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -610,6 +664,30 @@ async def on_ban(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await db(services(context).store.set_banned, int(context.args[0]))
     await update.effective_message.reply_text(
         f"User {context.args[0]} is banned: no answers, and their corrections are left out of training."
+    )
+
+
+@admin_only
+async def on_unban(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    if len(context.args) != 1 or not context.args[0].lstrip("-").isdigit():
+        await update.effective_message.reply_text("Usage: /unban <user id>")
+        return
+    await db(services(context).store.set_banned, int(context.args[0]), False)
+    await update.effective_message.reply_text(f"User {context.args[0]} is no longer banned.")
+
+
+@admin_only
+async def on_export(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The corrections as a zip of 28x28 PNGs and a CSV; users appear as keyed hashes of their ids."""
+    svc = services(context)
+    await context.bot.send_chat_action(update.effective_chat.id, ChatAction.UPLOAD_DOCUMENT)
+    photos = await db(svc.store.labelled_photos)
+    key = hashlib.sha256(b"digitbot export:" + svc.settings.token.encode()).digest()
+    archive, count = await asyncio.to_thread(corrections_zip, photos, key)
+    await update.effective_message.reply_document(
+        archive,
+        filename=f"digitbot-corrections-{dt.date.today():%Y%m%d}.zip",
+        caption=f"{count} labelled 28x28 digit images from {len(photos)} rated photos (see labels.csv).",
     )
 
 

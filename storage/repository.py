@@ -8,7 +8,7 @@ import re
 import socket
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 from sqlalchemy import Engine, delete, func, select, text, update
@@ -58,6 +58,20 @@ class Stats:
     per_digit: dict[str, float] = field(default_factory=dict)  # true digit -> accuracy
     by_version: dict[int, float] = field(default_factory=dict)  # model version -> live accuracy
     by_day: list[tuple[str, int, float]] = field(default_factory=list)  # (date, feedback count, accuracy)
+    confusion: np.ndarray = field(default_factory=lambda: np.zeros((10, 10), np.int64))  # [true, read] counts
+
+
+@dataclass(frozen=True)
+class LabelledPhoto:
+    """One feedback with the 28x28 inputs of its photo: what an exported dataset is made of."""
+
+    feedback_id: int
+    user_id: int
+    digits: str  # the right answer
+    confirmed: bool
+    created_at: datetime
+    model_version: int | None
+    inputs: np.ndarray  # uint8 (N, 28, 28), white ink on black
 
 
 def _alive(pid: int | None) -> bool:
@@ -301,6 +315,28 @@ class Store:
             ).all()
         return {row.id: row.image for row in rows}
 
+    def labelled_photos(self) -> list[LabelledPhoto]:
+        """Every feedback whose photo's 28x28 inputs are still stored, oldest first; banned users left out."""
+        with self.session() as s:
+            query = (
+                select(
+                    Feedback.id,
+                    Feedback.user_id,
+                    Feedback.digits,
+                    Feedback.confirmed,
+                    Feedback.created_at,
+                    Prediction.model_version,
+                    Prediction.inputs,
+                )
+                .join(Prediction, Feedback.prediction_id == Prediction.id)
+                .join(User, Feedback.user_id == User.id)
+                .where(~User.banned, Prediction.inputs.is_not(None))
+                .order_by(Feedback.created_at, Feedback.id)
+            )
+            return [
+                LabelledPhoto(*row[:6], inputs=unpack_inputs(row.inputs)) for row in s.execute(query).all()
+            ]
+
     def purge_samples(self, older_than_days: int) -> int:
         """Retention: drop the stored images of predictions older than N days, keeping rows and counts."""
         cutoff = utcnow() - timedelta(days=older_than_days)
@@ -348,6 +384,7 @@ class Store:
             rows = s.execute(rows_query).all()
         right_by_version, right_by_day = defaultdict(list), defaultdict(list)
         digit_hits, digit_total = defaultdict(int), defaultdict(int)
+        confusion = np.zeros((10, 10), np.int64)
         for predicted, version, truth, confirmed, created in rows:
             right = confirmed or predicted == truth
             right_by_version[version].append(right)
@@ -356,6 +393,7 @@ class Store:
                 for p, t in zip(predicted, truth, strict=True):
                     digit_total[t] += 1
                     digit_hits[t] += p == t
+                    confusion[int(t), int(p)] += 1
         confirmed_count = sum(1 for r in rows if r[3])
         return Stats(
             predictions=n_predictions,
@@ -366,6 +404,7 @@ class Store:
             per_digit={d: digit_hits[d] / digit_total[d] for d in sorted(digit_total)},
             by_version={v: sum(r) / len(r) for v, r in right_by_version.items() if v is not None},
             by_day=[(day, len(r), sum(r) / len(r)) for day, r in sorted(right_by_day.items())],
+            confusion=confusion,
         )
 
     # --- model versions --------------------------------------------------------------------------------

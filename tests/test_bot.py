@@ -80,7 +80,7 @@ def test_start_help_and_command_menus(fake, bot):
         if name == "setMyCommands"
     }
     assert "retrain" not in menus["default"] and "stats" in menus["default"]
-    assert {"retrain", "models", "rollback", "ban", "stats"} <= set(menus[f"chat{ADMIN}"])
+    assert {"retrain", "models", "rollback", "ban", "unban", "export", "stats"} <= set(menus[f"chat{ADMIN}"])
 
 
 def test_photo_is_answered_with_the_digit_the_confidence_and_buttons(fake, bot, mnist):
@@ -163,7 +163,7 @@ def test_stats_text_and_chart(fake, bot, mnist):
     assert chart["photo"][:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("command", ["/retrain", "/models", "/rollback", "/ban 17"])
+@pytest.mark.parametrize("command", ["/retrain", "/models", "/rollback", "/ban 17", "/unban 17", "/export"])
 def test_admin_commands_refuse_everyone_else(fake, bot, store, command):
     before = [(m.version, m.status) for m in store.model_versions()]
     assert text_reply(fake, 17, command)["text"] == "Sorry, that command is for admins only."

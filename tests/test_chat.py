@@ -3,9 +3,12 @@ buttons. The real `digitbot run` process against the fake Bot API server."""
 
 from __future__ import annotations
 
+import csv
 import io
 import time
+import zipfile
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -274,3 +277,85 @@ def test_what_i_saw_grows_with_the_number_of_digits(fake, bot, mnist):
     one = what_i_saw(fake, 66, synthetic_photo(mnist, "7", "clean", seed=7))
     four = what_i_saw(fake, 66, synthetic_photo(mnist, "2024", "clean", seed=3))
     assert four[0] > one[0] and four[1] == one[1]
+
+
+def test_privacy_says_what_is_stored_and_start_links_to_it(fake, bot):
+    mark = fake.mark()
+    fake.send_text(67, "/start")
+    assert "/privacy" in fake.wait_for("sendMessage", after=mark, chat_id=67)["text"]
+    mark = fake.mark()
+    fake.send_text(67, "/privacy")
+    text = fake.wait_for("sendMessage", after=mark, chat_id=67)["text"]
+    assert "28x28" in text and "not the photo itself" in text  # DIGITBOT_KEEP_PHOTOS is off here
+    assert "until you delete them with /forget" in text  # no retention set
+    assert "admins" in text and "cannot undo what a model already learned" in text
+
+
+def rate(fake: FakeTelegram, user: int, photo: bytes, choice: str) -> None:
+    mark = fake.mark()
+    fake.send_photo(user, photo)
+    answer = fake.wait_for("sendMessage", after=mark, chat_id=user)
+    mark = fake.mark()
+    fake.press(user, answer["_message"], f"fb:{prediction_id(answer)}:{choice}")
+    fake.wait_for("editMessageText", after=mark, chat_id=user)
+
+
+def test_admin_unban(fake, bot, mnist, store):
+    mark = fake.mark()
+    fake.send_text(ADMIN, "/ban 68")
+    fake.wait_for("sendMessage", after=mark, chat_id=ADMIN, text=lambda t: "banned" in t)
+    assert store.see_user(68)
+    mark = fake.mark()
+    fake.send_text(68, "/unban 68")  # not for users
+    assert "admins only" in fake.wait_for("sendMessage", after=mark, chat_id=68)["text"]
+    assert store.see_user(68)
+    mark = fake.mark()
+    fake.send_text(ADMIN, "/unban 68")
+    assert "no longer banned" in fake.wait_for("sendMessage", after=mark, chat_id=ADMIN)["text"]
+    assert not store.see_user(68)
+    mark = fake.mark()
+    fake.send_photo(68, synthetic_photo(mnist, "6", "clean", seed=6))
+    assert fake.wait_for("sendMessage", after=mark, chat_id=68)["text"].startswith("6 - ")
+
+
+def test_export_zip_matches_the_stored_corrections(fake, bot, mnist, store):
+    rate(fake, 69, synthetic_photo(mnist, "4", "clean", seed=4), "9")
+    rate(fake, 70, synthetic_photo(mnist, "1", "clean", seed=1), "ok")
+    mark = fake.mark()
+    fake.send_text(ADMIN, "/export")
+    document = fake.wait_for("sendDocument", after=mark, chat_id=ADMIN)
+    archive = zipfile.ZipFile(io.BytesIO(document["document"]))
+    rows = list(csv.DictReader(io.StringIO(archive.read("labels.csv").decode())))
+    expected = [
+        (f"images/{p.feedback_id}_{i}.png", label, str(int(p.confirmed)), p.created_at, p.model_version, p)
+        for p in store.labelled_photos()
+        if len(p.digits) == len(p.inputs)
+        for i, label in enumerate(p.digits)
+    ]
+    assert len(rows) == len(expected) >= 2
+    codes = {}
+    for row, (name, label, confirmed, created, version, photo) in zip(rows, expected, strict=True):
+        assert (row["file"], row["label"], row["confirmed"]) == (name, label, confirmed)
+        assert row["time"] == created.isoformat(timespec="seconds") and row["model_version"] == str(version)
+        assert codes.setdefault(photo.user_id, row["user"]) == row["user"]  # one code per user
+        assert str(photo.user_id) not in row["user"] and len(row["user"]) == 16
+        image = np.asarray(Image.open(io.BytesIO(archive.read(name))))
+        assert np.array_equal(image, photo.inputs[int(name.rsplit("_", 1)[1][:-4])])
+    assert len(set(codes.values())) == len(codes)
+    mine = [r for r, e in zip(rows, expected, strict=True) if e[5].user_id == 69]
+    assert [r["label"] for r in mine] == ["9"] and mine[0]["confirmed"] == "0"
+
+
+def test_admin_stats_add_versions_and_the_confusion_matrix(fake, bot, mnist, store):
+    rate(fake, 71, synthetic_photo(mnist, "3", "clean", seed=3), "5")  # read 3, truly 5
+    mark = fake.mark()
+    fake.send_text(71, "/stats")
+    fake.wait_for("sendPhoto", after=mark, chat_id=71)
+    assert not any("<pre>" in p["text"] for p in answers(fake, 71, mark))  # not for users
+    mark = fake.mark()
+    fake.send_text(ADMIN, "/stats")
+    extra = fake.wait_for("sendMessage", after=mark, chat_id=ADMIN, text=lambda t: "<pre>" in t)
+    assert extra["parse_mode"] == "HTML" and "v1: " in extra["text"]
+    table = extra["text"].split("<pre>")[1].split("</pre>")[0].splitlines()[1:]
+    matrix = [[0 if n == "." else int(n) for n in line.split()[1:]] for line in table]
+    assert np.array_equal(matrix, store.stats().confusion) and matrix[5][3] >= 1
