@@ -24,16 +24,16 @@ def user_code(user_id: int, key: bytes) -> str:
 
 def corrections_zip(photos: list[LabelledPhoto], key: bytes) -> tuple[bytes, int]:
     """The zip's bytes and the number of images in it. Photos whose answer has another number of digits
-    than were found cannot be labelled digit by digit and are left out, as in training."""
+    than were found cannot be labelled digit by digit and are left out."""
     out, table = io.BytesIO(), io.StringIO()
     rows = csv.writer(table, lineterminator="\n")
     rows.writerow(CSV_COLUMNS)
     count = 0
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         for photo in photos:
-            if len(photo.digits) != len(photo.inputs):
+            if len(photo.label) != len(photo.inputs):
                 continue
-            for position, (image, label) in enumerate(zip(photo.inputs, photo.digits, strict=True)):
+            for position, (image, label) in enumerate(zip(photo.inputs, photo.label, strict=True)):
                 name = f"images/{photo.feedback_id}_{position}.png"
                 png = io.BytesIO()
                 Image.fromarray(image).save(png, "PNG")

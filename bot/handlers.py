@@ -9,6 +9,7 @@ import hashlib
 import html
 import logging
 import re
+import sys
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Hashable
@@ -506,17 +507,20 @@ async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 def privacy_text(settings: Settings) -> str:
     """What is stored, for how long, who sees it, and what /forget can and cannot undo."""
-    photo = "the photo itself too" if settings.keep_photos else "not the photo itself (it stays on Telegram)"
+    original = (
+        "the original photo too" if settings.keep_photos else "not the original photo (it stays on Telegram)"
+    )
     kept = (
-        f"The digit images are deleted after {settings.retention_days} days; the counts stay."
+        f"Images and photo copies are deleted after {settings.retention_days} days; the counts stay."
         if settings.retention_days
         else "They are kept until you delete them with /forget."
     )
     return (
         "What I store about you:\n"
         "- your Telegram id and name;\n"
-        "- for each photo: the digits I read, how sure I was, and the 28x28 images of the digits I saw "
-        f"(what my model looks at); {photo};\n"
+        "- for each photo: the digits I read, how sure I was, the 28x28 images of the digits I saw (what my "
+        "model looks at), and a small gray copy of the photo (up to 640 px) to learn from, deleted within a "
+        f"day unless you rate my answer; {original};\n"
         "- your corrections and confirmations.\n\n"
         f"{kept}\n\n"
         "Who can see it: only the bot's admins. They can download the digit images and corrections as a "
@@ -681,7 +685,8 @@ async def on_export(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """The corrections as a zip of 28x28 PNGs and a CSV; users appear as keyed hashes of their ids."""
     svc = services(context)
     await context.bot.send_chat_action(update.effective_chat.id, ChatAction.UPLOAD_DOCUMENT)
-    photos = await db(svc.store.labelled_photos)
+    # What training would choose (no banned users, no photo with conflicting labels), without its cap.
+    photos = (await db(svc.store.labelled_photos, sys.maxsize, with_images=False)).photos
     key = hashlib.sha256(b"digitbot export:" + svc.settings.token.encode()).digest()
     archive, count = await asyncio.to_thread(corrections_zip, photos, key)
     await update.effective_message.reply_document(

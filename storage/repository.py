@@ -32,6 +32,8 @@ class LabelledPhoto:
     inputs: np.ndarray  # uint8 (N, 28, 28): what the model saw when it answered (N may differ from the label)
     image: bytes | None  # the photo, downscaled; None for rows stored before photos were kept
     new: bool  # no training run has consumed it yet
+    created_at: datetime  # when the feedback was given
+    model_version: int | None  # the model that answered
 
 
 @dataclass(frozen=True)
@@ -59,19 +61,6 @@ class Stats:
     by_version: dict[int, float] = field(default_factory=dict)  # model version -> live accuracy
     by_day: list[tuple[str, int, float]] = field(default_factory=list)  # (date, feedback count, accuracy)
     confusion: np.ndarray = field(default_factory=lambda: np.zeros((10, 10), np.int64))  # [true, read] counts
-
-
-@dataclass(frozen=True)
-class LabelledPhoto:
-    """One feedback with the 28x28 inputs of its photo: what an exported dataset is made of."""
-
-    feedback_id: int
-    user_id: int
-    digits: str  # the right answer
-    confirmed: bool
-    created_at: datetime
-    model_version: int | None
-    inputs: np.ndarray  # uint8 (N, 28, 28), white ink on black
 
 
 def _alive(pid: int | None) -> bool:
@@ -255,6 +244,8 @@ class Store:
                     Feedback.digits,
                     Feedback.confirmed,
                     Feedback.training_run_id,
+                    Feedback.created_at,
+                    Prediction.model_version,
                     Prediction.id.label("prediction_id"),
                     Prediction.inputs,
                     Prediction.file_unique_id,
@@ -303,6 +294,8 @@ class Store:
                 inputs=unpack_inputs(row.inputs) if row.inputs else np.zeros((0, 28, 28), np.uint8),
                 image=images.get(row.prediction_id),
                 new=row.training_run_id is None,
+                created_at=row.created_at,
+                model_version=row.model_version,
             )
             for row in chosen
         ]
@@ -314,28 +307,6 @@ class Store:
                 select(Prediction.id, Prediction.image).where(Prediction.id.in_(prediction_ids))
             ).all()
         return {row.id: row.image for row in rows}
-
-    def labelled_photos(self) -> list[LabelledPhoto]:
-        """Every feedback whose photo's 28x28 inputs are still stored, oldest first; banned users left out."""
-        with self.session() as s:
-            query = (
-                select(
-                    Feedback.id,
-                    Feedback.user_id,
-                    Feedback.digits,
-                    Feedback.confirmed,
-                    Feedback.created_at,
-                    Prediction.model_version,
-                    Prediction.inputs,
-                )
-                .join(Prediction, Feedback.prediction_id == Prediction.id)
-                .join(User, Feedback.user_id == User.id)
-                .where(~User.banned, Prediction.inputs.is_not(None))
-                .order_by(Feedback.created_at, Feedback.id)
-            )
-            return [
-                LabelledPhoto(*row[:6], inputs=unpack_inputs(row.inputs)) for row in s.execute(query).all()
-            ]
 
     def purge_samples(self, older_than_days: int) -> int:
         """Retention: drop the stored images of predictions older than N days, keeping rows and counts."""

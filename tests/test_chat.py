@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 import time
 import zipfile
 
@@ -237,10 +238,9 @@ def test_correct_button_asks_for_the_number_and_stores_the_reply(fake, bot, mnis
     fake.send_text(63, "2021", reply_to=question["_message"])
     assert "Recorded 2021" in fake.wait_for("sendMessage", after=mark, chat_id=63)["text"]
     fake.wait_for("editMessageText", after=mark, chat_id=63, text=lambda t: "Corrected to 2021" in t)
-    training = store.training_set()
-    assert sorted(
-        int(label) for label, user in zip(training.labels, training.users, strict=True) if user == 63
-    ) == [0, 1, 2, 2]
+    assert [(p.label, p.confirmed) for p in store.labelled_photos().photos if p.user_id == 63] == [
+        ("2021", False)
+    ]
 
 
 def test_correct_button_is_for_the_photos_sender_only(fake, bot, mnist, store):
@@ -286,7 +286,8 @@ def test_privacy_says_what_is_stored_and_start_links_to_it(fake, bot):
     mark = fake.mark()
     fake.send_text(67, "/privacy")
     text = fake.wait_for("sendMessage", after=mark, chat_id=67)["text"]
-    assert "28x28" in text and "not the photo itself" in text  # DIGITBOT_KEEP_PHOTOS is off here
+    assert "28x28" in text and "not the original photo" in text  # DIGITBOT_KEEP_PHOTOS is off here
+    assert "small gray copy" in text and "within a day unless you rate" in text
     assert "until you delete them with /forget" in text  # no retention set
     assert "admins" in text and "cannot undo what a model already learned" in text
 
@@ -328,9 +329,9 @@ def test_export_zip_matches_the_stored_corrections(fake, bot, mnist, store):
     rows = list(csv.DictReader(io.StringIO(archive.read("labels.csv").decode())))
     expected = [
         (f"images/{p.feedback_id}_{i}.png", label, str(int(p.confirmed)), p.created_at, p.model_version, p)
-        for p in store.labelled_photos()
-        if len(p.digits) == len(p.inputs)
-        for i, label in enumerate(p.digits)
+        for p in store.labelled_photos(sys.maxsize, with_images=False).photos
+        if len(p.label) == len(p.inputs)
+        for i, label in enumerate(p.label)
     ]
     assert len(rows) == len(expected) >= 2
     codes = {}
