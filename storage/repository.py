@@ -32,8 +32,8 @@ class LabelledPhoto:
     inputs: np.ndarray  # uint8 (N, 28, 28): what the model saw when it answered (N may differ from the label)
     image: bytes | None  # the photo, downscaled; None for rows stored before photos were kept
     new: bool  # no training run has consumed it yet
-    created_at: datetime  # when the feedback was given
-    model_version: int | None  # the model that answered
+    created_at: datetime | None = None  # when the feedback was given (for /export)
+    model_version: int | None = None  # the model that answered (for /export)
 
 
 @dataclass(frozen=True)
