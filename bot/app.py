@@ -16,10 +16,11 @@ from telegram.ext import (
     CommandHandler,
     ContextTypes,
     MessageHandler,
+    TypeHandler,
     filters,
 )
 
-from bot import handlers
+from bot import handlers, i18n
 from bot.handlers import Services
 from bot.learning import Trainer, schedule
 from bot.model_store import install_shipped_model, load_active
@@ -65,6 +66,7 @@ def redact_in_logs(secrets: list[str]) -> Redact:
 
 
 def add_handlers(application: Application) -> None:
+    application.add_handler(TypeHandler(Update, i18n.use_language), group=-1)  # before any other handler
     # New messages only: an edited caption or command is not a second request, and channel posts (no
     # user to answer) match no handler at all.
     new = filters.UpdateType.MESSAGE
@@ -110,15 +112,24 @@ def add_handlers(application: Application) -> None:
 
 
 async def set_command_menus(application: Application) -> None:
-    """Everyone sees the user commands; admins, in their own chats, the admin commands too."""
-    user_commands = [BotCommand(*c) for c in handlers.USER_COMMANDS]
-    await application.bot.set_my_commands(user_commands, scope=BotCommandScopeDefault())
-    admin_commands = user_commands + [BotCommand(*c) for c in handlers.ADMIN_COMMANDS]
-    for admin_id in application.bot_data["services"].settings.admin_ids:
-        try:
-            await application.bot.set_my_commands(admin_commands, scope=BotCommandScopeChat(admin_id))
-        except TelegramError as exc:  # the admin has not started a chat with the bot yet
-            log.warning("could not set the admin menu for %d: %s", admin_id, exc)
+    """Everyone sees the user commands; admins, in their own chats, the admin commands too. Each in every
+    language of the catalogs (Telegram shows the one matching the user's app, the default otherwise)."""
+    admin_ids = application.bot_data["services"].settings.admin_ids
+    for language in i18n.LANGUAGES:
+        translate = i18n.translations(language).gettext
+        code = None if language == "en" else language
+        user_commands = [BotCommand(name, translate(text)) for name, text in handlers.USER_COMMANDS]
+        admin_commands = [BotCommand(name, translate(text)) for name, text in handlers.ADMIN_COMMANDS]
+        await application.bot.set_my_commands(
+            user_commands, scope=BotCommandScopeDefault(), language_code=code
+        )
+        for admin_id in admin_ids:
+            try:
+                await application.bot.set_my_commands(
+                    user_commands + admin_commands, scope=BotCommandScopeChat(admin_id), language_code=code
+                )
+            except TelegramError as exc:  # the admin has not started a chat with the bot yet
+                log.warning("could not set the admin menu for %d: %s", admin_id, exc)
 
 
 def build_application(settings: Settings) -> Application:

@@ -32,6 +32,7 @@ from telegram.error import BadRequest
 from telegram.ext import ContextTypes
 
 from bot.export import corrections_zip
+from bot.i18n import N_, _
 from bot.learning import Trainer
 from bot.model_store import LiveModel, ModelIntegrityError, rollback
 from bot.settings import Settings
@@ -45,38 +46,37 @@ from storage.repository import Stats, Store
 
 log = logging.getLogger(__name__)
 
-PHOTO_TIPS = (
+PHOTO_TIPS = N_(
     "Tips: write the digit large and dark on plain paper, fill the frame with it, avoid shadows, and "
     "hold the phone straight. Telegram compresses photos: send the image as a file for full quality."
 )
-HELP = (
+HELP = N_(
     "Send me a photo of a handwritten digit (or a number) and I'll tell you what it says.\n\n"
     "If I'm wrong, tap the right digit under my answer, or ✏️ Correct to type the right number "
     "(or reply to my answer with /correct 7 or /correct 2024). Your corrections teach me: I keep a small "
     "copy of each photo you rate (up to 640 px, gray) to learn from; photos nobody rates are dropped "
     "within a day.\n"
     "🔍 What I saw shows the digits I found and how I read each one.\n\n"
-    f"{PHOTO_TIPS}\n\n"
     "In a group, mention me in the photo's caption or reply /read to a photo.\n\n"
     "/stats - how well I'm doing\n/privacy - what I store about you\n"
     "/forget - delete everything I stored about you\n/help - this message"
 )
 USER_COMMANDS = [
-    ("start", "What this bot does"),
-    ("help", "How to send a good photo"),
-    ("stats", "How well the bot reads digits"),
-    ("correct", "Correct my last answer: /correct 7"),
-    ("read", "Read the photo you reply to (in groups)"),
-    ("privacy", "What the bot stores about you"),
-    ("forget", "Delete your data"),
+    ("start", N_("What this bot does")),
+    ("help", N_("How to send a good photo")),
+    ("stats", N_("How well the bot reads digits")),
+    ("correct", N_("Correct my last answer: /correct 7")),
+    ("read", N_("Read the photo you reply to (in groups)")),
+    ("privacy", N_("What the bot stores about you")),
+    ("forget", N_("Delete your data")),
 ]
 ADMIN_COMMANDS = [
-    ("retrain", "Fine-tune on the corrections now"),
-    ("models", "Model versions"),
-    ("rollback", "Re-activate the previous model"),
-    ("ban", "Ban a user: /ban <user id>"),
-    ("unban", "Lift a ban: /unban <user id>"),
-    ("export", "Download the corrections as a dataset (zip)"),
+    ("retrain", N_("Fine-tune on the corrections now")),
+    ("models", N_("Model versions")),
+    ("rollback", N_("Re-activate the previous model")),
+    ("ban", N_("Ban a user: /ban <user id>")),
+    ("unban", N_("Lift a ban: /unban <user id>")),
+    ("export", N_("Download the corrections as a dataset (zip)")),
 ]
 
 
@@ -184,37 +184,42 @@ def photo_for_me(message: Message, context: ContextTypes.DEFAULT_TYPE) -> bool:
 def headline(digits: str, confidence: float, status: str) -> str:
     """The answer's first line: the digits first, then how sure. Also rebuilt from a stored prediction."""
     if status == "no_digit":
-        return "No digit found in this photo."
+        return _("No digit found in this photo.")
     if status == "ok":
-        return f"{digits} - {confidence:.0%} sure"
-    return f"{digits}? - unsure ({confidence:.0%})"
+        return _("{digits} - {confidence} sure").format(digits=digits, confidence=f"{confidence:.0%}")
+    return _("{digits}? - unsure ({confidence})").format(digits=digits, confidence=f"{confidence:.0%}")
 
 
 def answer_text(reading: Reading) -> str:
     """The answer under the photo; its hint names only the buttons feedback_keyboard shows."""
     first = headline(reading.digits, reading.confidence, reading.status)
     if reading.status == "no_digit":
-        return f"{first}\n\n{PHOTO_TIPS}"
+        return f"{first}\n\n{_(PHOTO_TIPS)}"
     single = len(reading.digits) == 1
     if reading.status == "ok":
-        hint = "Right? Tap ✅, or the right digit." if single else "Right? Tap ✅, or ✏️ Correct to type it."
+        hint = (
+            _("Right? Tap ✅, or the right digit.")
+            if single
+            else _("Right? Tap ✅, or ✏️ Correct to type it.")
+        )
         return f"{first}\n{hint}"
     guesses = "\n".join(
-        f"digit {i + 1}: " * (len(reading.items) > 1) + ", ".join(f"{d} ({p:.0%})" for d, p in item.top(3))
+        _("digit {n}: ").format(n=i + 1) * (len(reading.items) > 1)
+        + ", ".join(f"{d} ({p:.0%})" for d, p in item.top(3))
         for i, item in enumerate(reading.items)
     )
-    hint = "Tap the right digit, or ✅ if I got it." if single else "Tap ✏️ Correct and type the number."
-    return f"{first}\nTop guesses: {guesses}\n\n{hint}\n{PHOTO_TIPS}"
+    hint = _("Tap the right digit, or ✅ if I got it.") if single else _("Tap ✏️ Correct and type the number.")
+    return "\n".join([first, _("Top guesses:") + " " + guesses, "", hint, _(PHOTO_TIPS)])
 
 
 def feedback_keyboard(prediction_id: int, digits: str) -> InlineKeyboardMarkup:
     """✅ and ✏️ (type the right number), the ten digits when one digit was read, and 🔍 What I saw."""
-    saw = [InlineKeyboardButton("🔍 What I saw", callback_data=f"saw:{prediction_id}")]
+    saw = [InlineKeyboardButton(_("🔍 What I saw"), callback_data=f"saw:{prediction_id}")]
     if not digits:
         return InlineKeyboardMarkup([saw])
     first_row = [
-        InlineKeyboardButton("✅ Right", callback_data=f"fb:{prediction_id}:ok"),
-        InlineKeyboardButton("✏️ Correct", callback_data=f"fix:{prediction_id}"),
+        InlineKeyboardButton(_("✅ Right"), callback_data=f"fb:{prediction_id}:ok"),
+        InlineKeyboardButton(_("✏️ Correct"), callback_data=f"fix:{prediction_id}"),
     ]
     if len(digits) != 1:
         return InlineKeyboardMarkup([first_row, saw])
@@ -224,7 +229,8 @@ def feedback_keyboard(prediction_id: int, digits: str) -> InlineKeyboardMarkup:
 
 def with_feedback(text: str, label: str, confirmed: bool) -> str:
     base = text.split("\n\n✔")[0]
-    return f"{base}\n\n✔ {'Confirmed' if confirmed else f'Corrected to {label}'} - thank you!"
+    done = _("Confirmed") if confirmed else _("Corrected to {digits}").format(digits=label)
+    return f"{base}\n\n✔ {done} - " + _("thank you!")
 
 
 # --- photos in, digits out ---------------------------------------------------------------------------------
@@ -253,7 +259,9 @@ async def on_read(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/read as a reply to a photo: how a group asks the bot to read a photo that did not mention it."""
     photo = update.effective_message.reply_to_message
     if photo is None or not is_image(photo):
-        await update.effective_message.reply_text("Reply /read to a photo, and I'll read the digits in it.")
+        await update.effective_message.reply_text(
+            _("Reply /read to a photo, and I'll read the digits in it.")
+        )
         return
     await read_photo(update, context, photo)
 
@@ -271,15 +279,17 @@ async def read_photo(update: Update, context: ContextTypes.DEFAULT_TYPE, message
         wait = svc.rate.retry_after(asker.id)
         if wait:
             await message.reply_text(
-                f"That's a lot of photos! You can send {svc.settings.photos_per_minute} a "
-                f"minute; please try again in {wait:.0f} s."
+                _(
+                    "That's a lot of photos! You can send {limit} a minute; please try again in {seconds} s."
+                ).format(limit=svc.settings.photos_per_minute, seconds=f"{wait:.0f}")
             )
             return
         attachment = largest(message)
         if attachment.file_size and attachment.file_size > MAX_BYTES:
             await message.reply_text(
-                f"That file is {attachment.file_size / 2**20:.0f} MB; I can read images up to "
-                f"{MAX_BYTES // 2**20} MB. Please send a smaller one."
+                _(
+                    "That file is {size} MB; I can read images up to {limit} MB. Please send a smaller one."
+                ).format(size=f"{attachment.file_size / 2**20:.0f}", limit=MAX_BYTES // 2**20)
             )
             return
         await context.bot.send_chat_action(message.chat_id, ChatAction.TYPING)
@@ -291,8 +301,10 @@ async def read_photo(update: Update, context: ContextTypes.DEFAULT_TYPE, message
             )
         except ImageError as exc:
             await message.reply_text(
-                f"I couldn't read that image: {exc}. "
-                "Please send a photo (JPEG or PNG) of a handwritten digit."
+                _(
+                    "I couldn't read that image: {reason}. Please send a photo (JPEG or PNG) of a "
+                    "handwritten digit."
+                ).format(reason=exc)
             )
             return
         prediction_id = await db(
@@ -327,7 +339,10 @@ async def on_not_an_image(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
     """Stickers, videos, voice, audio and files that are not images (private chats only: in a group they
     are chatter)."""
     await update.effective_message.reply_text(
-        "I can only read handwritten digits from photos. Please send a photo (or an image file) of a digit."
+        _(
+            "I can only read handwritten digits from photos. Please send a photo (or an image file) of a "
+            "digit."
+        )
     )
 
 
@@ -345,9 +360,11 @@ async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     elif not addressed(message, context.bot):
         return
     if command:
-        await message.reply_text("I don't know that command. /help lists what I can do.")
+        await message.reply_text(_("I don't know that command. /help lists what I can do."))
     else:
-        await message.reply_text("I read handwritten digits from photos: send me one. /help tells you more.")
+        await message.reply_text(
+            _("I read handwritten digits from photos: send me one. /help tells you more.")
+        )
 
 
 # --- feedback ----------------------------------------------------------------------------------------------
@@ -355,15 +372,15 @@ def refusal(prediction: Prediction | None, user_id: int) -> str | None:
     """Why this user may not rate or correct this prediction, or None if they may: in a group anyone can
     press the buttons, but only the photo's sender knows what they wrote."""
     if prediction is None:
-        return "That answer is gone (its data was deleted)."
+        return _("That answer is gone (its data was deleted).")
     if prediction.user_id != user_id:
-        return "Only the person who sent the photo can rate or correct my answer."
+        return _("Only the person who sent the photo can rate or correct my answer.")
     return None
 
 
 async def on_feedback_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     query = update.callback_query
-    _, prediction_id, choice = query.data.split(":")
+    prediction_id, choice = query.data.split(":")[1:]
     store = services(context).store
     prediction = await db(store.get_prediction, int(prediction_id))
     if reason := refusal(prediction, query.from_user.id):
@@ -372,7 +389,7 @@ async def on_feedback_button(update: Update, context: ContextTypes.DEFAULT_TYPE)
     feedback = await db(
         store.record_feedback, prediction.id, query.from_user.id, None if choice == "ok" else choice
     )
-    await query.answer("Thanks!")
+    await query.answer(_("Thanks!"))
     await unless_unchanged(
         query.edit_message_text(
             with_feedback(query.message.text, feedback.digits, feedback.confirmed),
@@ -392,8 +409,10 @@ async def on_correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     svc = services(context)
     if len(context.args) != 1 or not is_number(context.args[0]):
         await message.reply_text(
-            "Usage: /correct 7 (or /correct 2024), as a reply to my answer, or alone to "
-            "correct your latest photo."
+            _(
+                "Usage: /correct 7 (or /correct 2024), as a reply to my answer, or alone to correct your "
+                "latest photo."
+            )
         )
         return
     reply = message.reply_to_message
@@ -402,7 +421,7 @@ async def on_correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     else:
         prediction = await db(svc.store.latest_prediction, user.id)
     if prediction is None:
-        await message.reply_text("I found no answer of mine to correct. Send me a photo first.")
+        await message.reply_text(_("I found no answer of mine to correct. Send me a photo first."))
         return
     await correct(update, context, prediction, context.args[0])
 
@@ -416,7 +435,7 @@ async def correct(
         await message.reply_text(reason)
         return
     feedback = await db(services(context).store.record_feedback, prediction.id, user.id, digits)
-    await message.reply_text(f"Thanks! Recorded {feedback.digits} for that photo.")
+    await message.reply_text(_("Thanks! Recorded {digits} for that photo.").format(digits=feedback.digits))
     if prediction.answer_message_id:
         original = headline(prediction.digits, prediction.confidence, prediction.status)
         await unless_unchanged(
@@ -444,7 +463,9 @@ async def on_correct_button(update: Update, context: ContextTypes.DEFAULT_TYPE) 
     await query.answer()
     await context.bot.send_message(
         prediction.chat_id,
-        f"✏️ What does photo #{prediction.id} say? Reply to this message with the right number.",
+        _("✏️ What does photo #{id} say? Reply to this message with the right number.").format(
+            id=prediction.id
+        ),
         # In a group, selective shows the reply field only to the sender of the photo this replies to.
         reply_markup=ForceReply(selective=True, input_field_placeholder="2024"),
         reply_parameters=ReplyParameters(prediction.photo_message_id, allow_sending_without_reply=True),
@@ -465,7 +486,7 @@ async def on_correction_reply(update: Update, context: ContextTypes.DEFAULT_TYPE
     digits = message.text.strip()
     if not is_number(digits):
         await message.reply_text(
-            "Please reply with digits only, like 2024.",
+            _("Please reply with digits only, like 2024."),
             reply_markup=ForceReply(selective=True, input_field_placeholder="2024"),
         )
         return
@@ -478,19 +499,19 @@ async def on_saw_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     query = update.callback_query
     photo = query.message.reply_to_message if query.message else None
     if photo is None or not is_image(photo):
-        await query.answer("I can't see that photo any more.")
+        await query.answer(_("I can't see that photo any more."))
         return
     await query.answer()
     await context.bot.send_chat_action(query.message.chat_id, ChatAction.UPLOAD_PHOTO)
-    recognizer, _ = services(context).model.current()
+    recognizer = services(context).model.current()[0]
     data = await download(largest(photo))
     try:
         png = await asyncio.get_running_loop().run_in_executor(None, explain, recognizer, data)
     except ImageError as exc:
-        await query.message.reply_text(f"I couldn't read that image: {exc}.")
+        await query.message.reply_text(_("I couldn't read that image: {reason}.").format(reason=exc))
         return
     await query.message.reply_photo(
-        png, caption="What I saw: each digit I found, what it looked like to me, and my top 3 guesses."
+        png, caption=_("What I saw: each digit I found, what it looked like to me, and my top 3 guesses.")
     )
 
 
@@ -502,33 +523,37 @@ def explain(recognizer: Recognizer, data: bytes) -> bytes:
 # --- commands ----------------------------------------------------------------------------------------------
 async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await db(services(context).store.see_user, update.effective_user.id, update.effective_user.full_name)
-    await update.effective_message.reply_text(HELP)
+    await update.effective_message.reply_text(_(HELP) + "\n\n" + _(PHOTO_TIPS))
 
 
 def privacy_text(settings: Settings) -> str:
     """What is stored, for how long, who sees it, and what /forget can and cannot undo."""
     original = (
-        "the original photo too" if settings.keep_photos else "not the original photo (it stays on Telegram)"
+        _("the original photo too")
+        if settings.keep_photos
+        else _("not the original photo (it stays on Telegram)")
     )
     kept = (
-        f"Images and photo copies are deleted after {settings.retention_days} days; the counts stay."
+        _("Images and photo copies are deleted after {days} days; the counts stay.").format(
+            days=settings.retention_days
+        )
         if settings.retention_days
-        else "They are kept until you delete them with /forget."
+        else _("They are kept until you delete them with /forget.")
     )
-    return (
+    return _(
         "What I store about you:\n"
         "- your Telegram id and name;\n"
         "- for each photo: the digits I read, how sure I was, the 28x28 images of the digits I saw (what my "
         "model looks at), and a small gray copy of the photo (up to 640 px) to learn from, deleted within a "
-        f"day unless you rate my answer; {original};\n"
+        "day unless you rate my answer; {original};\n"
         "- your corrections and confirmations.\n\n"
-        f"{kept}\n\n"
+        "{kept}\n\n"
         "Who can see it: only the bot's admins. They can download the digit images and corrections as a "
         "dataset, with your id replaced by a code. Your corrections teach the model that answers "
         "everyone.\n\n"
         "/forget deletes all of it for good. It cannot undo what a model already learned: versions trained "
         "on your corrections before you asked keep what they learned (but none of your data)."
-    )
+    ).format(original=original, kept=kept)
 
 
 async def on_privacy(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -543,43 +568,59 @@ async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     active, last_run = await db(svc.store.active_model), await db(svc.store.last_run)
 
     def accuracy(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.1%}"
+        return _("n/a") if value is None else f"{value:.1%}"
 
     lines = [
-        f"You: {mine.predictions} photos, {mine.feedback} answers rated, "
-        f"accuracy {accuracy(mine.live_accuracy)}",
-        f"Everyone: {everyone.predictions} photos, {everyone.feedback} rated "
-        f"({everyone.corrected} corrected), live accuracy {accuracy(everyone.live_accuracy)}",
+        _("You: {photos} photos, {rated} answers rated, accuracy {accuracy}").format(
+            photos=mine.predictions, rated=mine.feedback, accuracy=accuracy(mine.live_accuracy)
+        ),
+        _(
+            "Everyone: {photos} photos, {rated} rated ({corrected} corrected), live accuracy {accuracy}"
+        ).format(
+            photos=everyone.predictions,
+            rated=everyone.feedback,
+            corrected=everyone.corrected,
+            accuracy=accuracy(everyone.live_accuracy),
+        ),
     ]
     if everyone.per_digit:
-        lines.append("Per digit: " + ", ".join(f"{d}: {a:.0%}" for d, a in everyone.per_digit.items()))
+        lines.append(
+            _("Per digit:") + " " + ", ".join(f"{d}: {a:.0%}" for d, a in everyone.per_digit.items())
+        )
     if active:
         lines.append(
-            f"Model: version {active.version}, MNIST test accuracy {accuracy(active.mnist_accuracy)}"
+            _("Model: version {version}, MNIST test accuracy {accuracy}").format(
+                version=active.version, accuracy=accuracy(active.mnist_accuracy)
+            )
         )
     if last_run:
-        lines.append(f"Last retraining: {last_run.status} ({last_run.started_at:%Y-%m-%d %H:%M})")
+        lines.append(
+            _("Last retraining: {status} ({time})").format(
+                status=last_run.status, time=f"{last_run.started_at:%Y-%m-%d %H:%M}"
+            )
+        )
     await update.effective_message.reply_text("\n".join(lines))
     if is_admin(update, context) and everyone.feedback:
         await update.effective_message.reply_text(admin_stats(everyone), parse_mode=ParseMode.HTML)
     if everyone.feedback:
         await context.bot.send_chat_action(update.effective_chat.id, ChatAction.UPLOAD_PHOTO)
         png = await asyncio.to_thread(stats_chart, everyone)
-        await update.effective_message.reply_photo(png, caption="Accuracy over time and per digit")
+        await update.effective_message.reply_photo(png, caption=_("Accuracy over time and per digit"))
 
 
 def admin_stats(stats: Stats) -> str:
     """Live accuracy per model version and the confusion matrix of live feedback, as HTML (a <pre> table)."""
     versions = ", ".join(f"v{v}: {a:.1%}" for v, a in sorted(stats.by_version.items()))
-    header = "true\\read " + " ".join(f"{d:>3}" for d in range(10))
+    header = "    " + " ".join(f"{d:>3}" for d in range(10))
     rows = [
-        f"{t:>9} " + " ".join(f"{n:>3}" if n else "  ." for n in row) for t, row in enumerate(stats.confusion)
+        f"{t:>3} " + " ".join(f"{n:>3}" if n else "  ." for n in row) for t, row in enumerate(stats.confusion)
     ]
     table = html.escape("\n".join([header, *rows]))
     return (
-        f"Live accuracy by model version: {versions or 'n/a'}\n"
-        "Confusion matrix of live feedback (rows: the right digit, columns: what I read):\n"
-        f"<pre>{table}</pre>"
+        html.escape(_("Live accuracy by model version: {versions}").format(versions=versions or _("n/a")))
+        + "\n"
+        + html.escape(_("Confusion matrix of live feedback (rows: the right digit, columns: what I read):"))
+        + f"\n<pre>{table}</pre>"
     )
 
 
@@ -588,30 +629,32 @@ async def on_forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     keyboard = InlineKeyboardMarkup(
         [
             [
-                InlineKeyboardButton("Yes, delete my data", callback_data=f"forget:yes:{asker}"),
-                InlineKeyboardButton("Cancel", callback_data=f"forget:no:{asker}"),
+                InlineKeyboardButton(_("Yes, delete my data"), callback_data=f"forget:yes:{asker}"),
+                InlineKeyboardButton(_("Cancel"), callback_data=f"forget:no:{asker}"),
             ]
         ]
     )
     await update.effective_message.reply_text(
-        "Delete all your photos' results, the copies of your photos, stored digit images and corrections? "
-        "This cannot be undone.",
+        _(
+            "Delete all your photos' results, the copies of your photos, stored digit images and "
+            "corrections? This cannot be undone."
+        ),
         reply_markup=keyboard,
     )
 
 
 async def on_forget_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     query = update.callback_query
-    _, choice, asker = query.data.split(":")
+    choice, asker = query.data.split(":")[1:]
     if int(asker) != query.from_user.id:
-        await query.answer("Only the person who asked can answer this.")
+        await query.answer(_("Only the person who asked can answer this."))
         return
     await query.answer()
     if choice != "yes":
-        await query.edit_message_text("Nothing was deleted.")
+        await query.edit_message_text(_("Nothing was deleted."))
         return
     await db(services(context).store.forget_user, query.from_user.id)
-    await query.edit_message_text("Done: everything I stored about you is deleted.")
+    await query.edit_message_text(_("Done: everything I stored about you is deleted."))
 
 
 # --- admin commands ----------------------------------------------------------------------------------------
@@ -625,7 +668,7 @@ def admin_only(handler):
     async def guarded(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         if not is_admin(update, context):
             log.warning("user %d tried admin command %s", update.effective_user.id, handler.__name__)
-            await update.effective_message.reply_text("Sorry, that command is for admins only.")
+            await update.effective_message.reply_text(_("Sorry, that command is for admins only."))
             return
         await handler(update, context)
 
@@ -638,13 +681,13 @@ async def on_models(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     versions = await db(services(context).store.model_versions)
 
     def pct(value: float | None) -> str:
-        return "  n/a " if value is None else f"{value:6.2%}"
+        return _("n/a").center(6) if value is None else f"{value:6.2%}"
 
     rows = [
         f"v{m.version:<3} {m.status:<9} MNIST {pct(m.mnist_accuracy)}  feedback {pct(m.feedback_accuracy)}"
         for m in versions
     ]
-    await update.effective_message.reply_text("Model versions:\n" + "\n".join(rows))
+    await update.effective_message.reply_text(_("Model versions:") + "\n" + "\n".join(rows))
 
 
 @admin_only
@@ -653,31 +696,35 @@ async def on_rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     try:
         previous = await asyncio.to_thread(rollback, svc.store, svc.model, svc.settings.min_confidence)
     except (LookupError, ModelIntegrityError) as exc:
-        await update.effective_message.reply_text(f"Cannot roll back: {exc}.")
+        await update.effective_message.reply_text(_("Cannot roll back: {reason}.").format(reason=exc))
         return
     await update.effective_message.reply_text(
-        f"Rolled back: now answering with model version {previous.version}."
+        _("Rolled back: now answering with model version {version}.").format(version=previous.version)
     )
 
 
 @admin_only
 async def on_ban(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if len(context.args) != 1 or not context.args[0].lstrip("-").isdigit():
-        await update.effective_message.reply_text("Usage: /ban <user id>")
+        await update.effective_message.reply_text(_("Usage: /ban <user id>"))
         return
     await db(services(context).store.set_banned, int(context.args[0]))
     await update.effective_message.reply_text(
-        f"User {context.args[0]} is banned: no answers, and their corrections are left out of training."
+        _("User {user} is banned: no answers, and their corrections are left out of training.").format(
+            user=context.args[0]
+        )
     )
 
 
 @admin_only
 async def on_unban(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if len(context.args) != 1 or not context.args[0].lstrip("-").isdigit():
-        await update.effective_message.reply_text("Usage: /unban <user id>")
+        await update.effective_message.reply_text(_("Usage: /unban <user id>"))
         return
     await db(services(context).store.set_banned, int(context.args[0]), False)
-    await update.effective_message.reply_text(f"User {context.args[0]} is no longer banned.")
+    await update.effective_message.reply_text(
+        _("User {user} is no longer banned.").format(user=context.args[0])
+    )
 
 
 @admin_only
@@ -692,7 +739,9 @@ async def on_export(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await update.effective_message.reply_document(
         archive,
         filename=f"digitbot-corrections-{dt.date.today():%Y%m%d}.zip",
-        caption=f"{count} labelled 28x28 digit images from {len(photos)} rated photos (see labels.csv).",
+        caption=_("{images} labelled 28x28 digit images from {photos} rated photos (see labels.csv).").format(
+            images=count, photos=len(photos)
+        ),
     )
 
 
@@ -711,7 +760,7 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     if isinstance(update, Update) and update.effective_message and update.effective_user:
         try:
             await update.effective_message.reply_text(
-                "Sorry, something went wrong on my side. Please try again."
+                _("Sorry, something went wrong on my side. Please try again.")
             )
         except Exception:  # noqa: BLE001 - the original error is what matters and is logged above
             log.warning("could not tell the user about the error")

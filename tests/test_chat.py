@@ -360,3 +360,42 @@ def test_admin_stats_add_versions_and_the_confusion_matrix(fake, bot, mnist, sto
     table = extra["text"].split("<pre>")[1].split("</pre>")[0].splitlines()[1:]
     matrix = [[0 if n == "." else int(n) for n in line.split()[1:]] for line in table]
     assert np.array_equal(matrix, store.stats().confusion) and matrix[5][3] >= 1
+
+
+def test_a_russian_user_gets_russian_and_a_spanish_user_spanish(fake, bot, mnist):
+    fake.languages.update({72: "ru", 73: "es-419", 74: "de"})
+    mark = fake.mark()
+    fake.send_text(72, "/start")
+    assert fake.wait_for("sendMessage", after=mark, chat_id=72)["text"].startswith("Пришлите мне фото")
+    mark = fake.mark()
+    fake.send_photo(72, synthetic_photo(mnist, "7", "clean", seed=7))
+    answer = fake.wait_for("sendMessage", after=mark, chat_id=72)
+    assert answer["text"].startswith("7 - уверен на ") and "Верно?" in answer["text"]
+    assert buttons(answer)[:2] == ["✅ Верно", "✏️ Исправить"] and buttons(answer)[-1] == "🔍 Что я увидел"
+    mark = fake.mark()
+    fake.press(72, answer["_message"], f"fix:{prediction_id(answer)}")
+    question = fake.wait_for("sendMessage", after=mark, chat_id=72)
+    mark = fake.mark()
+    fake.send_text(72, "1", reply_to=question["_message"])  # the Russian question is understood too
+    assert (
+        fake.wait_for("sendMessage", after=mark, chat_id=72)["text"] == "Спасибо! Записал 1 для этого фото."
+    )
+    mark = fake.mark()
+    fake.send_text(73, "/privacy")
+    assert fake.wait_for("sendMessage", after=mark, chat_id=73)["text"].startswith("Qué guardo sobre ti")
+    mark = fake.mark()
+    fake.send_text(74, "/privacy")  # no German catalog: English
+    assert fake.wait_for("sendMessage", after=mark, chat_id=74)["text"].startswith("What I store about you")
+
+
+def test_command_menus_in_every_language(fake, bot):
+    menus = {
+        (p["scope"]["type"], p.get("language_code")): {c["command"]: c["description"] for c in p["commands"]}
+        for name, p in fake.calls
+        if name == "setMyCommands"
+    }
+    assert menus[("default", None)]["privacy"] == "What the bot stores about you"
+    assert menus[("default", "ru")]["privacy"] == "Что бот хранит о вас"
+    assert menus[("default", "es")]["privacy"] == "Qué guarda el bot sobre ti"
+    assert menus[("chat", "ru")]["export"] == "Скачать исправления как датасет (zip)"
+    assert "export" not in menus[("default", "ru")]
