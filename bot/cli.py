@@ -88,24 +88,12 @@ def _describe(reading) -> str:
     return sure if reading.status == "ok" else f"unsure, best guess {sure}"
 
 
-def save_debug_images(out_dir: Path, stem: str, gray, reading) -> None:
-    """What the model saw: the photo with the digit boxes, and the 28x28 inputs side by side (4x)."""
-    import numpy as np
-    from PIL import Image, ImageDraw
+def save_what_i_saw(out_dir: Path, stem: str, gray, reading) -> None:
+    """The bot's 🔍 What I saw picture: the photo with a box per digit, beside the 28x28 inputs and top-3."""
+    from recognizer.report import what_i_saw
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    photo = Image.fromarray((gray * 255).astype(np.uint8)).convert("RGB")
-    draw = ImageDraw.Draw(photo)
-    for item in reading.items:
-        x0, y0, x1, y1 = (v * size for v, size in zip(item.box, photo.size * 2, strict=True))
-        draw.rectangle((x0, y0, x1, y1), outline=(255, 0, 0), width=2)
-        draw.text((x0, max(0, y0 - 12)), f"{item.digit} {item.confidence:.0%}", fill=(255, 0, 0))
-    photo.save(out_dir / f"{stem}_boxes.png")
-    if len(reading.inputs):
-        strip = np.hstack(list(reading.inputs))
-        Image.fromarray((strip * 255).astype(np.uint8)).resize(
-            (strip.shape[1] * 4, 112), Image.Resampling.NEAREST
-        ).save(out_dir / f"{stem}_inputs.png")
+    (out_dir / f"{stem}.png").write_bytes(what_i_saw(gray, reading))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -132,7 +120,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             tqdm.write(json.dumps(result) if args.json else f"{path}: error: {message}")
             continue
         if args.debug_dir:
-            save_debug_images(args.debug_dir, f"{index:04d}_{path.stem}", gray, reading)
+            save_what_i_saw(args.debug_dir, f"{index:04d}_{path.stem}", gray, reading)
         tqdm.write(
             json.dumps({"file": str(path), **reading.as_dict()})
             if args.json
@@ -242,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     predict.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
-    predict.add_argument("--debug-dir", type=Path, help="save the boxes and the 28x28 inputs as PNG here")
+    predict.add_argument(
+        "--debug-dir", type=Path, help="save what the model saw (boxes, 28x28 inputs, top-3) as PNG here"
+    )
     predict.add_argument(
         "--min-confidence",
         type=float,

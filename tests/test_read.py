@@ -72,11 +72,18 @@ def test_predict_json_contract_and_debug_images(mnist, tmp_path, capsys):
     assert (lines[0]["digits"], lines[0]["status"]) == ("52", "ok")
     assert (lines[1]["digits"], lines[1]["status"]) == ("", "no_digit")
     assert lines[2]["status"] == "error" and "not an image" in lines[2]["error"]
-    inputs = sorted(debug.glob("*a_number_inputs.png"))
-    assert len(inputs) == 1 and len(list(debug.glob("*_boxes.png"))) == 2
     from PIL import Image
 
-    assert Image.open(inputs[0]).size == (2 * 28 * 4, 112)
+    from recognizer.report import COLUMN, MARGIN, PHOTO_HEIGHT
+
+    saw = {path.name: Image.open(path).size for path in debug.glob("*.png")}
+    assert saw.keys() == {"0000_a_number.png", "0001_b_blank.png"}  # not for the file that failed
+    # The photo scaled to one height (the number's is 4:3), and beside it a column per digit: 5 and 2.
+    assert saw["0000_a_number.png"] == (
+        2 * MARGIN + PHOTO_HEIGHT * 4 // 3 + 2 * COLUMN,
+        2 * MARGIN + PHOTO_HEIGHT,
+    )
+    assert saw["0001_b_blank.png"] == (2 * MARGIN + PHOTO_HEIGHT * 3 // 2, 2 * MARGIN + PHOTO_HEIGHT)
 
 
 def test_predict_plain_output(mnist, tmp_path, capsys):
