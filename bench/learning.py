@@ -9,11 +9,14 @@ other half is held out. Then one fine-tuning run with the default settings (the 
 retrain` and the bot run), and everything is read again.
 
 Fonts (no `--real`): simulated users write like handwriting fonts; they correct photos in half of the
-fonts, and the fresh photos measured before and after are in the other half, never corrected. Then the
-poisoning case: one user sends hundreds of wrong corrections.
+fonts, and the fresh photos measured before and after are in the other half, never corrected.
+
+Poisoning (`--poison N`): N accounts send `--photos` photos of MNIST test digits, each "corrected" to the
+next digit.
 
     python -m bench.learning --real ../shared/data/realworld-dev [--splits 3] [--mnist-dir DIR]
     python -m bench.learning [--photos 300] [--mnist-dir DIR]
+    python -m bench.learning --poison 1 [--photos 300]
 """
 
 from __future__ import annotations
@@ -193,20 +196,32 @@ def font_bench(args: argparse.Namespace, shipped: Recognizer, tmp: Path) -> dict
         mnist_before=result["metrics"]["active_mnist"],
         mnist_after=result["metrics"]["candidate_mnist"],
     )
+    return report
+
+
+def poisoning(args: argparse.Namespace, shipped: Recognizer, tmp: Path) -> dict:
+    """`--poison N`: N accounts send photos of MNIST test digits, each "corrected" to the next digit."""
+    from bench.synth import make_photo
+
+    mnist = load_mnist(args.mnist_dir)
+    rng = np.random.default_rng(2)
     store = fresh_store(tmp / "poison")
-    for p in font_photos(args.photos, fonts, seed=2):
-        wrong = str((int(p.label) + 1) % 10)
-        give_feedback(store, shipped, p.jpeg, wrong, 666, confirm=False)
+    for i in range(args.photos):
+        label = str(rng.integers(10))
+        photo = make_photo(label, "clean", rng, mnist.x_test, mnist.y_test, [])
+        give_feedback(store, shipped, photo.jpeg, str((int(label) + 1) % 10), 666 + i % args.poison, False)
     result, seconds = one_run(tmp / "poison", args.mnist_dir)
-    report["poisoning"] = {
+    return {
+        "accounts": args.poison,
+        "photos": args.photos,
         "run": result["status"],
         "reason": result["reason"],
+        "report": result["report"],
         "seconds": round(seconds, 1),
         "mnist_before": result["metrics"]["active_mnist"],
         "mnist_after": result["metrics"]["candidate_mnist"],
         "active_version_after": store.active_model().version,
     }
-    return report
 
 
 def main() -> None:
@@ -217,12 +232,15 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=3, help="with --real: random halvings to run")
     parser.add_argument("--photos", type=int, default=300, help="fonts: photos the users send and correct")
     parser.add_argument("--test-photos", type=int, default=300, help="fonts: fresh photos to measure on")
+    parser.add_argument("--poison", type=int, metavar="ACCOUNTS", help="wrong corrections from N accounts")
     parser.add_argument("--mnist-dir")
     args = parser.parse_args()
     load_mnist(args.mnist_dir)  # fail early with the clear message
     shipped = Recognizer.load()
     with tempfile.TemporaryDirectory() as tmp:
-        if args.real:
+        if args.poison:
+            print(json.dumps(poisoning(args, shipped, Path(tmp)), indent=2))
+        elif args.real:
             splits = [
                 real_split(args.real, seed, args.mnist_dir, shipped, Path(tmp)) for seed in range(args.splits)
             ]

@@ -125,12 +125,12 @@ def inputs_for_label(recognizer: Recognizer, photo: bytes | np.ndarray, label: s
     """float32 (len(label), 28, 28): the label's digits as the model should see them in `photo` (bytes of
     an image or a gray array), or None when no segmentation finds that many digits."""
     gray = photo if isinstance(photo, np.ndarray) else decode_image(photo)
-    candidates = list(_hypotheses(gray, len(label)))
-    if not candidates:
-        return None
-    probabilities = recognizer.probabilities(np.concatenate(candidates)).reshape(
-        len(candidates), len(label), 10
-    )
     digits = [int(d) for d in label]
-    likelihood = np.log(probabilities[:, np.arange(len(label)), digits] + 1e-9).sum(axis=1)
-    return candidates[int(np.argmax(likelihood))]
+    candidates = []
+    for crops in _hypotheses(gray, len(label)):
+        probabilities = recognizer.probabilities(crops)
+        if not candidates and (probabilities.argmax(axis=1) == digits).all():
+            return crops  # the preferred segmentation already reads as the label (most confirmations)
+        likelihood = np.log(probabilities[np.arange(len(label)), digits] + 1e-9).sum()
+        candidates.append((likelihood, crops))
+    return max(candidates, key=lambda c: c[0])[1] if candidates else None

@@ -225,17 +225,19 @@ class Store:
             s.flush()
             return feedback
 
-    def count_new_feedback(self, max_per_user: int = 200) -> int:
+    def count_new_feedback(self, max_per_user: int = 200, max_photos: int | None = None) -> int:
         """Corrections no training run has consumed yet, counted with the rules that choose what a run
         learns from: a banned user's, capped or conflicting corrections never trigger a run."""
-        chosen = self.labelled_photos(max_per_user, with_images=False).photos
+        chosen = self.labelled_photos(max_per_user, max_photos, with_images=False).photos
         return sum(1 for photo in chosen if photo.new and not photo.confirmed)
 
-    def labelled_photos(self, max_per_user: int = 200, with_images: bool = True) -> FeedbackSet:
+    def labelled_photos(
+        self, max_per_user: int = 200, max_photos: int | None = None, with_images: bool = True
+    ) -> FeedbackSet:
         """The feedback a training run learns from, newest first. Left out, and counted by reason: banned
         users, photos whose stored images retention deleted, photos labelled differently by different
-        feedback (the same Telegram file, or the same crops), and each user's photos beyond their newest
-        `max_per_user`."""
+        feedback (the same Telegram file, or the same crops), each user's photos beyond their newest
+        `max_per_user`, and all photos beyond the newest `max_photos`."""
         with self.session() as s:
             query = (
                 select(
@@ -278,6 +280,8 @@ class Store:
                 reason = "conflicting labels for one photo"
             elif per_user[row.user_id] >= max_per_user:
                 reason = f"over the cap of {max_per_user} photos per user"
+            elif max_photos is not None and len(chosen) >= max_photos:
+                reason = f"over a run's limit of {max_photos} photos"
             else:
                 per_user[row.user_id] += 1
                 chosen.append(row)

@@ -251,6 +251,10 @@ def test_labelled_photos_caps_conflicts_and_bans(store):
     np.testing.assert_array_equal(newest.inputs, (inputs(1, seed=5) * 255).round().astype(np.uint8))
     assert len(chosen.considered_ids) == 11
     assert store.count_new_feedback(max_per_user=3) == 5  # what a run would learn from, no more
+    newest = store.labelled_photos(max_per_user=3, max_photos=2)
+    assert [p.feedback_id for p in newest.photos] == [p.feedback_id for p in chosen.photos[:2]]
+    assert newest.left_out["over a run's limit of 2 photos"] == 6  # user 1's six: none is taken
+    assert store.count_new_feedback(max_per_user=3, max_photos=2) == 2
     assert all(p.image is None for p in store.labelled_photos(3, with_images=False).photos)
 
 
