@@ -15,6 +15,7 @@ from scipy import ndimage
 
 MNIST_STROKE = 2.85  # median stroke width of MNIST digits in 28x28 pixels, measured with stroke_width()
 MAX_DIGITS = 8  # more separate marks than this is a page of text or a texture, not a number
+LINE_SPAN = 0.8  # a run of ink this much of the image long is a paper line, not a stroke
 MIN_INK_CONTRAST = 0.08  # ink at least this much darker (or lighter) than the paper, in [0, 1] gray levels
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -54,13 +55,48 @@ def has_dark_ink(coarse: np.ndarray) -> bool:
     return paper - darkest >= lightest - paper
 
 
+def _otsu(values: np.ndarray) -> float:
+    """The gray level that best splits `values` into two classes (Otsu's between-class variance)."""
+    counts, edges = np.histogram(values, bins=64, range=(0.0, 1.0))
+    weight = np.cumsum(counts)
+    mean = np.cumsum(counts * edges[:-1])
+    total, total_mean = weight[-1], mean[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (total_mean * weight - mean * total) ** 2 / (weight * (total - weight))
+    return float(edges[1:][np.nanargmax(between[:-1])])
+
+
+def _thickest_stroke(coarse: np.ndarray, dark_ink: bool) -> float:
+    """Width, in pixels of `coarse`, of the thickest pen strokes: ink split from paper by Otsu's threshold,
+    each mark's width twice the 90th percentile of its distance transform. Only stroke-like marks count
+    (much thinner than they are long): a shadow, a vignette or the table beside the page is as wide as long."""
+    level = _otsu(coarse)
+    ink = coarse < level if dark_ink else coarse > level
+    labels, count = ndimage.label(ink)
+    if count == 0 or ink.all():
+        return 0.0
+    depth = ndimage.distance_transform_edt(ink)
+    widest = 0.0
+    for index, where in enumerate(ndimage.find_objects(labels), start=1):
+        inside = depth[where][labels[where] == index]
+        if inside.size < 4:
+            continue
+        width = 2.0 * float(np.percentile(inside, 90))
+        if width < max(where[0].stop - where[0].start, where[1].stop - where[1].start) / 3:
+            widest = max(widest, width)
+    return widest
+
+
 def remove_background(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
     """Ink contrast: how much darker (or lighter) than the paper around it each pixel is, >= 0.
 
     The paper is a grey closing (opening for light ink) with a window wider than any stroke: it erases
     strokes but keeps uneven light, shadow edges and gradients, which the subtraction then removes."""
     coarse = _shrink(gray, 4)  # the paper is smooth: a quarter of the resolution describes it
-    window = max(3, max(coarse.shape) // 10)
+    # Wider than any stroke, junctions included (a thick marker's 0 is a tenth of the image wide); no wider,
+    # so uneven light still counts as paper.
+    window = int(np.clip(3 * _thickest_stroke(coarse, dark_ink), max(coarse.shape) // 10, max(coarse.shape) // 2))
+    window = max(3, window)
     if dark_ink:
         paper = ndimage.grey_closing(coarse, size=(window, window), mode="nearest")
     else:
@@ -76,7 +112,10 @@ def ink_map(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     sample = ink[::2, ::2]
     # Most pixels are paper: their level and spread are the noise (sensor, JPEG, grain) ink must rise above.
     typical = np.median(sample)
-    floor = max(typical + 6.0 * 1.4826 * np.median(np.abs(sample - typical)), MIN_INK_CONTRAST / 2)
+    noise = typical + 6.0 * 1.4826 * np.median(np.abs(sample - typical))
+    # A blurred digit filling a small crop is no longer "most pixels": the noise estimate then measures the
+    # ink itself, so it may not rise above half the contrast of the darkest strokes.
+    floor = max(min(noise, 0.5 * np.percentile(sample, 99.95)), MIN_INK_CONTRAST / 2)
     candidates = remove_lines(ink > floor)
     strong = ink[candidates]
     full = np.percentile(strong, 90) if strong.size else 0.0  # the contrast of a solid stroke
@@ -112,7 +151,8 @@ def remove_lines(mask: np.ndarray) -> np.ndarray:
                 (where[axis].stop - where[axis].start),
                 (where[1 - axis].stop - where[1 - axis].start),
             )
-            if along >= 0.5 * length and across <= 0.03 * mask.shape[1 - axis] + 2:
+            # A paper line crosses the page; a digit's straight stroke (a 1, a 4's or 7's stem) stops.
+            if along >= LINE_SPAN * length and across <= 0.03 * mask.shape[1 - axis] + 2:
                 cleaned[where][labels[where] == index] = False
     if cleaned.sum() < mask.sum():  # re-join strokes that a removed line crossed
         cleaned |= ndimage.binary_closing(cleaned, iterations=2) & mask
@@ -138,11 +178,16 @@ def _digit_groups(mask: np.ndarray) -> list[np.ndarray]:
         return []
     h, w = mask.shape
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    # How far each mark runs along the image's border, as a share of the side it runs along (the most of 4).
+    sides = (labels[:2].T, labels[-2:].T, labels[:, :2], labels[:, -2:])
+    on_rim = np.max(
+        [np.bincount(side.max(axis=1), minlength=count + 1)[1:] / len(side) for side in sides], axis=0
+    )
     parts = []
     for index, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
-        touches_border = rows.start == 0 or cols.start == 0 or rows.stop == h or cols.stop == w
-        spans = (rows.stop - rows.start) > 0.5 * h or (cols.stop - cols.start) > 0.5 * w
-        if touches_border and spans:  # a table edge, the frame of a screenshot, a page border
+        # A table edge, a screenshot's frame, a page border: running along a side of the image for most of
+        # it. A tightly cropped digit touches the border too, but only with the ends of its strokes.
+        if on_rim[index - 1] > 0.5:
             continue
         if areas[index - 1] < max(6, 0.03 * areas.max()):  # specks and dust
             continue
