@@ -14,6 +14,7 @@ import csv
 import json
 import time
 from collections import defaultdict
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,7 @@ def summarise(results: list[dict]) -> dict:
             }
         )
     reliability = []
-    for low, high in zip(BINS, BINS[1:], strict=False):
+    for low, high in pairwise(BINS):
         inside = (confidence >= low) & (confidence < high)
         if inside.any():
             reliability.append(
@@ -137,7 +138,9 @@ def markdown(summary: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("folder", type=Path)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the summary and every result here")
@@ -154,8 +157,10 @@ def main() -> None:
         print()
         for r in results:
             if r["digits"] != r["label"]:
-                print(f"{r['file']}: label {r['label']}, read {r['digits'] or '-'} "
-                      f"({r['confidence']:.2f}, {r['status']})")
+                print(
+                    f"{r['file']}: label {r['label']}, read {r['digits'] or '-'} "
+                    f"({r['confidence']:.2f}, {r['status']})"
+                )
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "results": results}, indent=1) + "\n")
 

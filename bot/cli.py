@@ -32,8 +32,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         "limit": args.limit,
         "patience": args.patience,
         "tensorboard_dir": args.tensorboard,
+        "init_from": args.init_from and str(args.init_from),
     }
-    config = TrainConfig(augment=not args.no_augment, **{k: v for k, v in options.items() if v is not None})
+    config = TrainConfig(
+        augment=not args.no_augment,
+        styles=not args.no_styles,
+        **{k: v for k, v in options.items() if v is not None},
+    )
     command = shlex.join(["digitbot", *sys.argv[1:]])
     card = train(load_mnist(args.mnist_dir), config, args.output, command=command)
     print(f"test accuracy {card['test']['accuracy']:.4f} - model and card written to {args.output}")
@@ -216,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--limit", type=int, help="train on the first N training images only")
     train.add_argument("--patience", type=int, help="early stopping patience in epochs (10)")
     train.add_argument("--no-augment", action="store_true", help="train on the images as they are")
+    train.add_argument(
+        "--no-styles",
+        action="store_true",
+        help="do not add continental 1s and crossed 7s to the training set",
+    )
+    train.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="MODEL",
+        help="start from this .keras model (fine-tune) instead of scratch",
+    )
     train.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard logs to DIR")
     train.set_defaults(func=cmd_train)
 

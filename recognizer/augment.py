@@ -1,14 +1,19 @@
 """Training-time augmentation: the ways a photographed, pipeline-normalised digit differs from MNIST.
 
 Geometry (rotation, shear, scale, shift), stroke thickness, hard thresholding, blur and sensor noise,
-applied to whole batches inside tf.data so the saved model stays plain Keras layers.
+applied to whole batches inside tf.data so the saved model stays plain Keras layers; and writing styles
+MNIST lacks (continental 1s and crossed 7s), added once to the training set.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
+from PIL import Image, ImageDraw
+
+from recognizer.preprocess import stroke_width, to_mnist
 
 
 def _affine(images: tf.Tensor, strength: float) -> tf.Tensor:
@@ -84,3 +89,60 @@ def augment(images: tf.Tensor, strength: float = 1.0) -> tf.Tensor:
     images = images + _chance(n, 0.25) * (_blur(images) - images)
     noise = tf.random.normal(tf.shape(images), stddev=0.04) * _chance(n, 0.25)
     return tf.clip_by_value(images + noise, 0.0, 1.0)
+
+
+def _pen_line(mask: np.ndarray, start: tuple[float, float], end: tuple[float, float], width: float) -> None:
+    """Draw a stroke from start to end, (x, y) in pixels, onto a boolean mask in place."""
+    canvas = Image.fromarray(mask)
+    ImageDraw.Draw(canvas).line([start, end], fill=True, width=max(1, round(width)))
+    mask |= np.asarray(canvas, bool)
+
+
+def european_one(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An MNIST 1 (uint8 28x28) written the continental way, with a long up-stroke from its top, returned
+    as the pipeline's 28x28 input (preprocess.to_mnist)."""
+    mask = _enlarge(digit)
+    ys, xs = np.nonzero(mask)
+    top = (float(xs[ys == ys.min()].mean()), float(ys.min()))
+    height = ys.max() - ys.min()
+    length, angle = rng.uniform(0.25, 0.45) * height, np.radians(rng.uniform(30, 55))
+    end = (top[0] - length * np.sin(angle), top[1] + length * np.cos(angle))
+    _pen_line(mask, top, end, stroke_width(mask))
+    return to_mnist(mask)
+
+
+def crossed_seven(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An MNIST 7 (uint8 28x28) with a bar across its stem, as many Europeans write it, as the pipeline's
+    input."""
+    mask = _enlarge(digit)
+    ys, xs = np.nonzero(mask)
+    row = round(ys.min() + rng.uniform(0.45, 0.6) * (ys.max() - ys.min()))
+    stem = np.nonzero(mask[row])[0]
+    if stem.size == 0:
+        return to_mnist(mask)
+    centre, half = float(stem.mean()), rng.uniform(0.2, 0.32) * (xs.max() - xs.min())
+    _pen_line(mask, (centre - half, row), (centre + half, row + rng.uniform(-2, 2)), stroke_width(mask))
+    return to_mnist(mask)
+
+
+def _enlarge(digit: np.ndarray, factor: int = 4) -> np.ndarray:
+    """uint8 28x28 -> a boolean ink mask `factor` times larger, as a photo's binarised digit would be."""
+    big = Image.fromarray(digit).resize((28 * factor, 28 * factor), Image.Resampling.BILINEAR)
+    return np.asarray(big) > 100
+
+
+def add_writing_styles(
+    x: np.ndarray, y: np.ndarray, share: float = 0.3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add continental 1s and crossed 7s, made from `share` of the 1s and 7s in (x uint8 (N, 28, 28), y):
+    MNIST's US writers barely have them, many European users write nothing else."""
+    rng = np.random.default_rng(seed)
+    made, labels = [], []
+    for label, style in ((1, european_one), (7, crossed_seven)):
+        chosen = np.flatnonzero(y == label)
+        chosen = rng.choice(chosen, round(share * len(chosen)), replace=False) if len(chosen) else chosen
+        made += [np.round(style(x[i], rng) * 255).astype(np.uint8) for i in chosen]
+        labels += [label] * len(chosen)
+    if not made:
+        return x, y
+    return np.concatenate([x, np.stack(made)]), np.concatenate([y, np.array(labels, dtype=y.dtype)])

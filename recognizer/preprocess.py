@@ -16,6 +16,9 @@ from scipy import ndimage
 MNIST_STROKE = 2.85  # median stroke width of MNIST digits in 28x28 pixels, measured with stroke_width()
 MAX_DIGITS = 8  # more separate marks than this is a page of text or a texture, not a number
 LINE_SPAN = 0.8  # a run of ink this much of the image long is a paper line, not a stroke
+LINE_SLOPES = np.tan(
+    np.radians([-4.5, -3.0, -1.5, 0.0, 1.5, 3.0, 4.5])
+)  # how far from level a photographed line runs
 MIN_INK_CONTRAST = 0.08  # ink at least this much darker (or lighter) than the paper, in [0, 1] gray levels
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -69,7 +72,7 @@ def _otsu(values: np.ndarray) -> float:
 def _thickest_stroke(coarse: np.ndarray, dark_ink: bool) -> float:
     """Width, in pixels of `coarse`, of the thickest pen strokes: ink split from paper by Otsu's threshold,
     each mark's width twice the 90th percentile of its distance transform. Only stroke-like marks count
-    (much thinner than they are long): a shadow, a vignette or the table beside the page is as wide as long."""
+    (much thinner than long): a shadow, a vignette or the table beside the page is as wide as it is long."""
     level = _otsu(coarse)
     ink = coarse < level if dark_ink else coarse > level
     labels, count = ndimage.label(ink)
@@ -95,7 +98,9 @@ def remove_background(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
     coarse = _shrink(gray, 4)  # the paper is smooth: a quarter of the resolution describes it
     # Wider than any stroke, junctions included (a thick marker's 0 is a tenth of the image wide); no wider,
     # so uneven light still counts as paper.
-    window = int(np.clip(3 * _thickest_stroke(coarse, dark_ink), max(coarse.shape) // 10, max(coarse.shape) // 2))
+    window = int(
+        np.clip(3 * _thickest_stroke(coarse, dark_ink), max(coarse.shape) // 10, max(coarse.shape) // 2)
+    )
     window = max(3, window)
     if dark_ink:
         paper = ndimage.grey_closing(coarse, size=(window, window), mode="nearest")
@@ -132,28 +137,54 @@ def _may_have_lines(mask: np.ndarray, axis: int) -> bool:
     return bool(across) and bands.mean(axis=1).max() > 0.15
 
 
-def remove_lines(mask: np.ndarray) -> np.ndarray:
-    """Drop ruled or squared paper lines: thin ink runs spanning most of the image.
+def _shear(mask: np.ndarray, slope: float, sign: int = 1) -> np.ndarray:
+    """Shift column x of `mask` up by round(slope * x) (down with sign=-1), wrapping around: a line rising
+    with that slope becomes level."""
+    rows = (
+        np.arange(mask.shape[0])[:, None] + sign * np.round(slope * np.arange(mask.shape[1]))
+    ) % mask.shape[0]
+    return np.take_along_axis(mask, rows.astype(np.intp), axis=0)
 
-    A morphological opening by a long line, done with two O(N) running means per direction.
+
+def _level_runs(mask: np.ndarray, run: int) -> np.ndarray:
+    """Pixels on a level run of ink at least `run` long: an opening by a `run`-long segment."""
+    inside = ndimage.uniform_filter1d(mask.astype(np.float32), run, axis=1) > 0.99
+    return ndimage.uniform_filter1d(inside.astype(np.float32), run, axis=1) > 0.01
+
+
+def remove_lines(mask: np.ndarray) -> np.ndarray:
+    """Drop ruled or squared paper lines: thin ink that runs across most of the image.
+
+    Openings by a long segment at a few small slopes find straight runs (a photo of lined paper is rarely
+    level, and its lines bow a little); runs that chain across the image and are thin are lines. Where a
+    stroke crosses a line, the stroke is kept: the ink there reaches well beyond the line's own width.
     """
     cleaned = mask.copy()
     for axis in (0, 1):
-        length = mask.shape[axis]
         if not _may_have_lines(mask, axis):
             continue
-        run = max(8, length // 4)
-        inside = ndimage.uniform_filter1d(mask.astype(np.float32), run, axis=axis) > 0.99
-        line = ndimage.uniform_filter1d(inside.astype(np.float32), run, axis=axis) > 0.01
-        labels, _ = ndimage.label(line)
+        along = mask if axis == 1 else mask.T  # lines run along axis 1 from here on
+        height, length = along.shape
+        run = max(8, length // 8)
+        line = np.zeros_like(along)
+        for slope in LINE_SLOPES:
+            line |= _shear(_level_runs(_shear(along, slope), run), slope, sign=-1)
+        # Pieces of one line found at different slopes, or broken where it bows, are chained across gaps.
+        labels, _ = ndimage.label(ndimage.binary_dilation(line, np.ones((5, run), bool)))
+        areas = np.bincount(labels[line], minlength=labels.max() + 1)
+        accepted, widths = np.zeros(len(areas), bool), []
         for index, where in enumerate(ndimage.find_objects(labels), start=1):
-            along, across = (
-                (where[axis].stop - where[axis].start),
-                (where[1 - axis].stop - where[1 - axis].start),
-            )
+            span = where[1].stop - where[1].start - run + 1
             # A paper line crosses the page; a digit's straight stroke (a 1, a 4's or 7's stem) stops.
-            if along >= LINE_SPAN * length and across <= 0.03 * mask.shape[1 - axis] + 2:
-                cleaned[where][labels[where] == index] = False
+            accepted[index] = span >= LINE_SPAN * length and areas[index] / span <= 0.015 * height + 2
+            widths += [areas[index] / span] if accepted[index] else []
+        lines = line & accepted[labels]
+        if lines.any():
+            width = max(2, round(float(np.median(widths))))  # a line's width, across
+            crossing = ndimage.uniform_filter1d(along.astype(np.float32), 2 * width + 1, axis=0) > 0.99
+            crossing = ndimage.binary_dilation(crossing, np.ones((2 * width + 1, 1), bool))
+            removed = lines & ~crossing
+            cleaned &= ~(removed if axis == 1 else removed.T)
     if cleaned.sum() < mask.sum():  # re-join strokes that a removed line crossed
         cleaned |= ndimage.binary_closing(cleaned, iterations=2) & mask
     return cleaned
@@ -176,20 +207,18 @@ def _digit_groups(mask: np.ndarray) -> list[np.ndarray]:
     labels, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
     if count == 0:
         return []
-    h, w = mask.shape
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    # How far each mark runs along the image's border, as a share of the side it runs along (the most of 4).
+    # How far each mark runs along the image's border, as a share of that side (the most of the four).
+    # A table edge, a screenshot's frame, a page border runs along a side for most of it; a tightly
+    # cropped digit touches the border too, but only with the ends of its strokes.
     sides = (labels[:2].T, labels[-2:].T, labels[:, :2], labels[:, -2:])
     on_rim = np.max(
         [np.bincount(side.max(axis=1), minlength=count + 1)[1:] / len(side) for side in sides], axis=0
     )
+    areas[on_rim > 0.5] = 0
     parts = []
     for index, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
-        # A table edge, a screenshot's frame, a page border: running along a side of the image for most of
-        # it. A tightly cropped digit touches the border too, but only with the ends of its strokes.
-        if on_rim[index - 1] > 0.5:
-            continue
-        if areas[index - 1] < max(6, 0.03 * areas.max()):  # specks and dust
+        if areas[index - 1] < max(6, 0.03 * areas.max()):  # frames (area 0 now), specks and dust
             continue
         parts.append([cols.start, cols.stop, rows.start, rows.stop, [index]])
     parts.sort(key=lambda p: p[0])

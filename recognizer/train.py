@@ -3,8 +3,10 @@ evaluates once on the test set and writes the model with its model card."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -15,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from recognizer.augment import augment
+from recognizer.augment import add_writing_styles, augment
 from recognizer.data import Mnist, to_model_input
 from recognizer.evaluate import Evaluation, evaluate_arrays
 from recognizer.model import build_model
@@ -32,8 +34,10 @@ class TrainConfig:
     seed: int = 42
     limit: int | None = None  # train on the first N training images only (quick runs)
     augment: bool = True
+    styles: bool = True  # add continental 1s and crossed 7s (recognizer.augment.add_writing_styles)
     patience: int = 10  # early stopping on validation accuracy
     tensorboard_dir: str | None = None
+    init_from: str | None = None  # start from this .keras model's weights (a fine-tune) instead of scratch
 
 
 def split_train_validation(mnist: Mnist, config: TrainConfig):
@@ -44,7 +48,10 @@ def split_train_validation(mnist: Mnist, config: TrainConfig):
     order = np.random.default_rng(config.seed).permutation(len(x))
     n_val = round(len(x) * config.validation_split)
     val, train = order[:n_val], order[n_val:]
-    return (to_model_input(x[train]), y[train]), (to_model_input(x[val]), y[val])
+    x_train, y_train = x[train], y[train]
+    if config.styles:
+        x_train, y_train = add_writing_styles(x_train, y_train, seed=config.seed)
+    return (to_model_input(x_train), y_train), (to_model_input(x[val]), y[val])
 
 
 def training_dataset(x: np.ndarray, y: np.ndarray, config: TrainConfig) -> tf.data.Dataset:
@@ -76,21 +83,21 @@ def fit(
     train: tuple[np.ndarray, np.ndarray],
     validation: tuple[np.ndarray, np.ndarray] | None,
     config: TrainConfig,
-    checkpoint: Path | None = None,
     verbose: str | int = "auto",
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> dict[str, list[float]]:
-    """Fit with the schedule above. With a validation set (and a `checkpoint` path to keep the best epoch
-    in), stop early and end with the weights of the best epoch by validation accuracy."""
+    """Fit with the schedule above. With a validation set, stop early and end with the weights of the best
+    epoch by validation accuracy."""
     steps = config.epochs * int(np.ceil(len(train[0]) / config.batch_size))
     compile_model(model, config.learning_rate, steps)
     callbacks = list(extra_callbacks or [])
-    validating = validation is not None and len(validation[0]) > 0 and checkpoint is not None
+    validating = validation is not None and len(validation[0]) > 0
     if validating:
-        callbacks += [
-            keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_accuracy", save_best_only=True),
-            keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience),
-        ]
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy", patience=config.patience, restore_best_weights=True
+            )
+        )
     if config.tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(config.tensorboard_dir))
     history = model.fit(
@@ -101,8 +108,6 @@ def fit(
         verbose=verbose,
         shuffle=False,  # training_dataset() shuffles, seeded
     )
-    if validating and checkpoint.exists():
-        model.set_weights(keras.models.load_model(checkpoint).get_weights())
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 
@@ -113,13 +118,18 @@ def train(mnist: Mnist, config: TrainConfig, output: Path, command: str | None =
     keras.utils.set_random_seed(config.seed)
     train_set, validation = split_train_validation(mnist, config)
     log.info("training on %d images, validating on %d", len(train_set[0]), len(validation[0]))
-    model = build_model()
+    model = keras.models.load_model(config.init_from) if config.init_from else build_model()
+    start = _describe_start(config.init_from)  # before training: `output` may be the file we start from
     started = time.monotonic()
-    history = fit(model, train_set, validation, config, checkpoint=output)
+    history = fit(model, train_set, validation, config)
     seconds = time.monotonic() - started
-    model.save(output)
+    # Saved beside the target and moved into place: the model being replaced (perhaps the shipped one, or
+    # the one a running bot reads) is never a half-written file.
+    partial = output.with_name(f".{output.name}.partial.keras")
+    model.save(partial)
+    os.replace(partial, output)
     evaluation = evaluate_arrays(model, to_model_input(mnist.x_test), mnist.y_test)
-    card = model_card(model, output, config, mnist, history, seconds, evaluation, command)
+    card = model_card(model, output, config, mnist, history, seconds, evaluation, command, start)
     write_model_card(output, card)
     log.info("test accuracy %.4f, model written to %s", evaluation.accuracy, output)
     return card
@@ -134,6 +144,7 @@ def model_card(
     seconds: float,
     evaluation: Evaluation,
     command: str | None,
+    start: dict | None = None,
 ) -> dict:
     best_epoch = (
         int(np.argmax(history["val_accuracy"])) + 1 if "val_accuracy" in history else len(history["loss"])
@@ -144,6 +155,7 @@ def model_card(
         "seed": config.seed,
         "config": asdict(config),
         "data": {"source": mnist.source, "sha256": mnist.checksums, "train_images": len(mnist.x_train)},
+        "init_from": start,
         "epochs_run": len(history["loss"]),
         "best_epoch": best_epoch,
         "training_seconds": round(seconds, 1),
@@ -158,6 +170,27 @@ def model_card(
             "machine": f"{platform.machine()}, {platform.system()}",
         },
     }
+
+
+def _describe_start(init_from: str | None) -> dict | None:
+    """Where a fine-tuned model started: the file's sha256 and the command and test accuracy on its card."""
+    if not init_from:
+        return None
+    card = load_model_card(Path(init_from)) or {}
+    return {
+        "sha256": hashlib.sha256(Path(init_from).read_bytes()).hexdigest(),
+        "command": card.get("command"),
+        "test_accuracy": card.get("test", {}).get("accuracy"),
+    }
+
+
+def _start_line(start: dict | None) -> str:
+    if not start:
+        return ""
+    return (
+        f"- Fine-tuned from a model with sha256 `{start['sha256'][:16]}...` (made by `{start['command']}`, "
+        f"MNIST test accuracy {start['test_accuracy']})\n"
+    )
 
 
 def card_paths(model_path: Path) -> tuple[Path, Path]:
@@ -183,9 +216,9 @@ parameters. Input float32 (N, 28, 28, 1) in [0, 1], white ink on black; output 1
 - **MNIST test accuracy: {test["accuracy"]:.2%}** (loss {test["loss"]:.4f}, {test["count"]} images,
   evaluated once after training; the epoch was chosen on the validation split only)
 - Command: `{card["command"]}`
-- Seed {card["seed"]}; {card["epochs_run"]} epochs run, best epoch {card["best_epoch"]} by validation
-  accuracy;
-  training took {card["training_seconds"] / 60:.1f} min on {card["versions"]["machine"]}
+{_start_line(card.get("init_from"))}- Seed {card["seed"]}; {card["epochs_run"]} epochs run, best epoch \
+{card["best_epoch"]} by validation accuracy; training took {card["training_seconds"] / 60:.1f} min on \
+{card["versions"]["machine"]}
 - Data: {card["data"]["source"]}, sha256:
 {chr(10).join(f"  - `{name}` {digest}" for name, digest in card["data"]["sha256"].items())}
 - Versions: {", ".join(f"{k} {v}" for k, v in card["versions"].items() if k != "machine")}

@@ -7,6 +7,7 @@ import pytest
 
 from bot.cli import main
 from recognizer import Recognizer
+from tests import photos
 from tests.photos import encode, synthetic_photo
 
 
@@ -33,6 +34,32 @@ def test_reads_photos(shipped, mnist, label, variation):
     assert reading.inputs.shape == (len(label), 28, 28)
     assert len(reading.items) == len(label)
     assert 0.7 <= reading.confidence <= 1.0
+
+
+# The ways real people's photos were misread (issue 9), each rebuilt here from MNIST test digits: the
+# indices include digits that the pipeline before that issue misread in exactly this setting.
+@pytest.mark.parametrize(
+    ("make", "indices"),
+    [
+        (photos.big_canvas_drawing, [8, 25, 0, 1]),  # was "no digit" / a digit with holes, now read
+        (photos.faint_blurred_pen, [7, 18, 22, 0]),
+        (photos.thin_pen_on_tilted_lines, [0, 2, 4, 5]),  # tilted, bowed lines were read as part of it
+        (photos.thick_marker_small_crop, [0, 1, 2, 4]),
+        (photos.soft_doubled_light_on_dark, [8, 25, 0, 1]),
+        (photos.tiny_in_corner, [26, 0, 1, 2]),
+    ],
+    ids=lambda value: getattr(value, "__name__", ""),
+)
+def test_reads_what_real_photos_look_like(shipped, mnist, make, indices):
+    read = [shipped.read(make(mnist, i)).digits for i in indices]
+    assert read == [str(mnist.y_test[i]) for i in indices]
+
+
+@pytest.mark.parametrize(("strokes", "digit"), [(photos.CONTINENTAL_ONE, "1"), (photos.CROSSED_SEVEN, "7")])
+def test_reads_continental_handwriting(shipped, strokes, digit):
+    for width in (5, 9, 14):
+        reading = shipped.read(photos.pen_strokes(strokes, width=width))
+        assert (reading.digits, reading.status) == (digit, "ok")
 
 
 def test_blank_page_is_no_digit(shipped):
