@@ -39,8 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         styles=not args.no_styles,
         **{k: v for k, v in options.items() if v is not None},
     )
-    command = shlex.join(["digitbot", *sys.argv[1:]])
-    card = train(load_mnist(args.mnist_dir), config, args.output, command=command)
+    card = train(load_mnist(args.mnist_dir), config, args.output, command=args.command)
     print(f"test accuracy {card['test']['accuracy']:.4f} - model and card written to {args.output}")
     return 0
 
@@ -294,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command = shlex.join(["digitbot", *(sys.argv[1:] if argv is None else argv)])  # for model cards
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -30,6 +30,71 @@ def test_quick_training_learns(tiny_model, test_images):
     assert "Per-class accuracy" in tiny_model.with_suffix(".md").read_text()
 
 
+def test_fine_tune_starts_from_a_model_and_says_so(tiny_model, tmp_path):
+    import hashlib
+
+    output = tmp_path / "tuned.keras"
+    args = ["train", "--mnist-dir", str(MNIST_DIR), "--limit", "600", "--epochs", "1"]
+    assert main([*args, "--init-from", str(tiny_model), "--output", str(output)]) == 0
+    card = json.loads(output.with_suffix(".json").read_text())
+    assert card["init_from"]["sha256"] == hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    assert card["init_from"]["command"].startswith("digitbot train")
+    assert "Fine-tuned from a model with sha256" in output.with_suffix(".md").read_text()
+    # Started from a trained model, one epoch on 540 images keeps most of what it knew.
+    assert card["test"]["accuracy"] > 0.6
+
+
+def test_a_failed_training_leaves_the_model_it_would_replace(tiny_model, tmp_path, monkeypatch):
+    import recognizer.train
+
+    class Killed(Exception):
+        pass
+
+    class KillAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise Killed
+
+    real_fit = recognizer.train.fit
+    monkeypatch.setattr(
+        recognizer.train, "fit", lambda *a, **k: real_fit(*a, **k, extra_callbacks=[KillAfterFirstEpoch()])
+    )
+    output = tmp_path / "digitbot.keras"
+    output.write_bytes(tiny_model.read_bytes())
+    with pytest.raises(Killed):
+        main(
+            [
+                "train",
+                "--mnist-dir",
+                str(MNIST_DIR),
+                "--limit",
+                "600",
+                "--epochs",
+                "3",
+                "--output",
+                str(output),
+            ]
+        )
+    assert output.read_bytes() == tiny_model.read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["digitbot.keras"]
+
+
+def test_writing_styles_add_continental_ones_and_crossed_sevens(mnist):
+    from recognizer.augment import add_writing_styles
+
+    x, y = mnist.x_train[:1000], mnist.y_train[:1000]
+    more_x, more_y = add_writing_styles(x, y, share=0.5, seed=1)
+    added = more_y[len(y) :]
+    assert np.array_equal(more_x[: len(x)], x) and more_x.dtype == np.uint8
+    assert (added == 1).sum() == round(0.5 * (y == 1).sum()) and (added == 7).sum() == round(
+        0.5 * (y == 7).sum()
+    )
+    new_ones = more_x[len(x) :][added == 1].astype(np.float32)
+    # The up-stroke puts ink left of the stem, low in the top half, where a plain MNIST 1 has little.
+    plain_ones = x[y == 1].astype(np.float32)
+    assert new_ones[:, 8:14, 4:12].mean() > 1.5 * plain_ones[:, 8:14, 4:12].mean()
+
+
 def test_save_load_round_trip_predicts_identically(tiny_model, test_images, tmp_path):
     x, _ = test_images
     model = keras.models.load_model(tiny_model)
