@@ -17,9 +17,8 @@ from scipy import ndimage
 MNIST_STROKE = 2.85  # median stroke width of MNIST digits in 28x28 pixels, measured with stroke_width()
 MAX_DIGITS = 8  # more separate marks than this is a page of text or a texture, not a number
 LINE_SPAN = 0.8  # a run of ink this much of the image long is a paper line, not a stroke
-LINE_SLOPES = np.tan(
-    np.radians([-4.5, -3.0, -1.5, 0.0, 1.5, 3.0, 4.5])
-)  # how far from level a photographed line runs
+# How far from level a photographed paper line runs (tilt of the phone, bowing of the page).
+LINE_SLOPES = tuple(np.tan(np.radians([-4.5, -3.0, -1.5, 0.0, 1.5, 3.0, 4.5])).tolist())
 MIN_INK_CONTRAST = 0.08  # ink at least this much darker (or lighter) than the paper, in [0, 1] gray levels
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -67,7 +66,7 @@ def _otsu(values: np.ndarray) -> float:
     total, total_mean = weight[-1], mean[-1]
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (total_mean * weight - mean * total) ** 2 / (weight * (total - weight))
-    return float(edges[1:][np.nanargmax(between[:-1])])
+    return float(edges[1:][np.argmax(np.nan_to_num(between[:-1]))])  # all NaN: one gray level, no split
 
 
 def _thickest_stroke(coarse: np.ndarray, dark_ink: bool) -> float:
@@ -99,10 +98,8 @@ def remove_background(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
     coarse = _shrink(gray, 4)  # the paper is smooth: a quarter of the resolution describes it
     # Wider than any stroke, junctions included (a thick marker's 0 is a tenth of the image wide); no wider,
     # so uneven light still counts as paper.
-    window = int(
-        np.clip(3 * _thickest_stroke(coarse, dark_ink), max(coarse.shape) // 10, max(coarse.shape) // 2)
-    )
-    window = max(3, window)
+    thickest = _thickest_stroke(coarse, dark_ink)
+    window = max(3, int(np.clip(3 * thickest, max(coarse.shape) // 10, max(coarse.shape) // 2)))
     if dark_ink:
         paper = ndimage.grey_closing(coarse, size=(window, window), mode="nearest")
     else:
@@ -205,10 +202,28 @@ def stroke_width(mask: np.ndarray) -> float:
     return 2.0 * mask.sum() / max(int(edge.sum()), 1)
 
 
-def _merge(group: list, part: list) -> None:
-    group[0], group[1] = min(group[0], part[0]), max(group[1], part[1])
-    group[2], group[3] = min(group[2], part[2]), max(group[3], part[3])
-    group[4] += part[4]
+@dataclass
+class _Marks:
+    """Connected marks taken as one digit: their bounding box in pixels and their labels."""
+
+    x0: int
+    x1: int
+    y0: int
+    y1: int
+    labels: list[int]
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    def gap_to(self, other: _Marks) -> int:
+        """Horizontal distance to `other` (negative where they overlap)."""
+        return max(other.x0 - self.x1, self.x0 - other.x1)
+
+    def absorb(self, other: _Marks) -> None:
+        self.x0, self.x1 = min(self.x0, other.x0), max(self.x1, other.x1)
+        self.y0, self.y1 = min(self.y0, other.y0), max(self.y1, other.y1)
+        self.labels += other.labels
 
 
 def _digit_groups(mask: np.ndarray) -> list[np.ndarray]:
@@ -225,39 +240,38 @@ def _digit_groups(mask: np.ndarray) -> list[np.ndarray]:
         [np.bincount(side.max(axis=1), minlength=count + 1)[1:] / len(side) for side in sides], axis=0
     )
     areas[on_rim > 0.5] = 0
-    parts = []
-    for index, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
-        if areas[index - 1] < max(6, 0.03 * areas.max()):  # frames (area 0 now), specks and dust
-            continue
-        parts.append([cols.start, cols.stop, rows.start, rows.stop, [index]])
-    parts.sort(key=lambda p: p[0])
-    groups: list[list] = []
-    for part in parts:  # strokes overlapping in x are one digit (a 5's detached bar, a 4 in two strokes)
+    marks = [
+        _Marks(cols.start, cols.stop, rows.start, rows.stop, [index])
+        for index, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1)
+        if areas[index - 1] >= max(6, 0.03 * areas.max())  # not frames (area 0 now), specks or dust
+    ]
+    groups: list[_Marks] = []
+    for part in sorted(marks, key=lambda m: m.x0):
+        # Strokes overlapping in x are one digit (a 5's detached bar, a 4 in two strokes).
         for group in groups:
-            overlap = min(group[1], part[1]) - max(group[0], part[0])
-            vertical_gap = max(group[2], part[2]) - min(group[3], part[3])
-            tallest = max(group[3] - group[2], part[3] - part[2])
-            if overlap >= 0.5 * min(group[1] - group[0], part[1] - part[0]) and vertical_gap < 0.5 * tallest:
-                _merge(group, part)
+            overlap = min(group.x1, part.x1) - max(group.x0, part.x0)
+            vertical_gap = max(group.y0, part.y0) - min(group.y1, part.y1)
+            narrowest = min(group.x1 - group.x0, part.x1 - part.x0)
+            if overlap >= 0.5 * narrowest and vertical_gap < 0.5 * max(group.height, part.height):
+                group.absorb(part)
                 break
         else:
             groups.append(part)
     if not groups:
         return []
-    tallest = max(g[3] - g[2] for g in groups)
+    tallest = max(g.height for g in groups)
     # A short fragment right beside a digit belongs to it: a 4's detached left stroke, a 7's loose bar.
-    for fragment in sorted(groups, key=lambda g: g[3] - g[2]):
-        if fragment[3] - fragment[2] >= 0.6 * tallest or len(groups) == 1:
+    for fragment in sorted(groups, key=lambda g: g.height):
+        if fragment.height >= 0.6 * tallest or len(groups) == 1:
             break
-        others = [g for g in groups if g is not fragment]
-        nearest = min(others, key=lambda g: max(g[0] - fragment[1], fragment[0] - g[1]))
-        if max(nearest[0] - fragment[1], fragment[0] - nearest[1]) < 0.2 * tallest:
-            _merge(nearest, fragment)
+        nearest = min((g for g in groups if g is not fragment), key=fragment.gap_to)
+        if fragment.gap_to(nearest) < 0.2 * tallest:
+            nearest.absorb(fragment)
             groups.remove(fragment)
-    groups = [g for g in groups if g[3] - g[2] >= 0.4 * tallest]  # dots, dashes, underlines
+    groups = [g for g in groups if g.height >= 0.4 * tallest]  # dots, dashes, underlines
     if len(groups) > MAX_DIGITS:
         return []
-    return [np.isin(labels, g[4]) for g in sorted(groups, key=lambda g: g[0])]
+    return [np.isin(labels, g.labels) for g in sorted(groups, key=lambda g: g.x0)]
 
 
 def to_mnist(digit: np.ndarray) -> np.ndarray:

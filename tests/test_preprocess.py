@@ -63,12 +63,13 @@ def test_number_comes_back_left_to_right(mnist):
     assert all(c.box[2] <= n.box[0] + 0.01 for c, n in itertools.pairwise(crops))
 
 
-@pytest.mark.parametrize("kind", ["white", "gradient_noise", "lined", "dark_board"])
+@pytest.mark.parametrize("kind", ["white", "black", "gradient_noise", "lined", "dark_board"])
 def test_blank_pages_have_no_digit(kind):
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:480, 0:640] / 640
     page = {
         "white": np.full((480, 640), 0.95),
+        "black": np.zeros((480, 640)),
         "gradient_noise": 0.6 + 0.35 * xx + rng.normal(0, 0.02, (480, 640)),
         "lined": np.where((np.arange(480) % 40 < 2)[:, None], 0.6, 0.93) * np.ones((1, 640)),
         "dark_board": 0.2 + 0.05 * yy + rng.normal(0, 0.01, (480, 640)),
