@@ -128,11 +128,12 @@ def ink_map(gray: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 def _may_have_lines(mask: np.ndarray, axis: int) -> bool:
-    """A cheap look before the opening: a line running along `axis` over half the image leaves some band of
-    8 rows (or columns) with ink across a good part of its length."""
-    across = mask.shape[1 - axis] // 8 * 8
-    bands = np.moveaxis(mask, 1 - axis, 0)[:across].reshape(across // 8, 8, -1).any(axis=1)
-    return bool(across) and bands.mean(axis=1).max() > 0.15
+    """A cheap look before the openings: a line running along `axis` across LINE_SPAN of the image, even
+    tilted, has ink in most of the columns (or rows) of one band a tenth of the image high."""
+    height = max(8, mask.shape[1 - axis] // 10)
+    across = mask.shape[1 - axis] // height * height
+    bands = np.moveaxis(mask, 1 - axis, 0)[:across].reshape(across // height, height, -1).any(axis=1)
+    return bool(across) and bands.mean(axis=1).max() > 0.5 * LINE_SPAN
 
 
 @functools.lru_cache(maxsize=32)
