@@ -31,6 +31,29 @@ def naive_read(rec: Recognizer, jpeg: bytes) -> str:
     return str(rec.classify(np.asarray(image, np.float32) / 255).digit)
 
 
+def trade_off(confidences: np.ndarray, correct: np.ndarray) -> list[dict]:
+    """Per confidence threshold: the share of photos answered, and the share of those answered wrongly."""
+    rows = []
+    for threshold in THRESHOLDS:
+        answered = confidences >= threshold
+        rows.append(
+            {
+                "threshold": threshold,
+                "answered": round(float(answered.mean()), 4),
+                "wrong_among_answered": round(float((answered & ~correct).sum() / max(1, answered.sum())), 4),
+            }
+        )
+    return rows
+
+
+def trade_off_table(rows: list[dict]) -> list[str]:
+    return [
+        "| threshold | answered | wrong among answered |",
+        "|---|---|---|",
+        *(f"| {t['threshold']} | {t['answered']:.1%} | {t['wrong_among_answered']:.1%} |" for t in rows),
+    ]
+
+
 def run(rec: Recognizer, photos: list[Photo]) -> dict:
     per_variation = defaultdict(lambda: [0, 0, 0])  # photos, pipeline right, naive right
     confidences, correct, latencies = [], [], []
@@ -45,18 +68,6 @@ def run(rec: Recognizer, photos: list[Photo]) -> dict:
         row[2] += naive_read(rec, photo.jpeg) == photo.label
         confidences.append(reading.confidence)
         correct.append(right)
-    confidences, correct = np.array(confidences), np.array(correct)
-    trade_off = []
-    for threshold in THRESHOLDS:
-        accepted = confidences >= threshold
-        errors = int((accepted & ~correct).sum())
-        trade_off.append(
-            {
-                "threshold": threshold,
-                "answered": round(float(accepted.mean()), 4),
-                "wrong_among_answered": round(errors / max(1, int(accepted.sum())), 4),
-            }
-        )
     total = sum(r[0] for r in per_variation.values())
     return {
         "photos": total,
@@ -66,7 +77,7 @@ def run(rec: Recognizer, photos: list[Photo]) -> dict:
             v: {"photos": n, "exact": round(ok / n, 4), "naive_exact": round(naive / n, 4)}
             for v, (n, ok, naive) in per_variation.items()
         },
-        "trade_off": trade_off,
+        "trade_off": trade_off(np.array(confidences), np.array(correct)),
         "read_ms_p50": round(statistics.median(latencies) * 1000, 1),
         "read_ms_p95": round(float(np.percentile(latencies, 95)) * 1000, 1),
     }
@@ -84,11 +95,7 @@ def markdown(name: str, result: dict) -> str:
     lines += [
         f"| {v} | {r['exact']:.1%} | {r['naive_exact']:.1%} |" for v, r in result["per_variation"].items()
     ]
-    lines += ["", "| threshold | answered | wrong among answered |", "|---|---|---|"]
-    lines += [
-        f"| {t['threshold']} | {t['answered']:.1%} | {t['wrong_among_answered']:.1%} |"
-        for t in result["trade_off"]
-    ]
+    lines += ["", *trade_off_table(result["trade_off"])]
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from bench.photos import THRESHOLDS, naive_read
+from bench.photos import naive_read, trade_off, trade_off_table
 from recognizer import ImageError, Recognizer
 
 BINS = [0.0, 0.5, 0.7, 0.9, 0.99, 1.0001]
@@ -74,16 +74,6 @@ def summarise(results: list[dict]) -> dict:
         by_source[r["source"]].append(r)
     confidence = np.array([r["confidence"] for r in results])
     right = np.array([r["digits"] == r["label"] for r in results])
-    trade_off = []
-    for threshold in THRESHOLDS:
-        answered = confidence >= threshold
-        trade_off.append(
-            {
-                "threshold": threshold,
-                "answered": round(float(answered.mean()), 4),
-                "wrong_among_answered": round(float((answered & ~right).sum() / max(1, answered.sum())), 4),
-            }
-        )
     reliability = []
     for low, high in pairwise(BINS):
         inside = (confidence >= low) & (confidence < high)
@@ -104,7 +94,7 @@ def summarise(results: list[dict]) -> dict:
         "per_source": {
             k: {"images": len(v), "exact": round(_share(v), 4)} for k, v in sorted(by_source.items())
         },
-        "trade_off": trade_off,
+        "trade_off": trade_off(confidence, right),
         "reliability": reliability,
         "no_digit": sum(r["status"] == "no_digit" for r in results),
         "mean_ms": round(1000 * float(np.mean([r["seconds"] for r in results])), 1),
@@ -123,12 +113,7 @@ def markdown(summary: dict) -> str:
         "|---|---|---|",
         *(f"| {k} | {v['images']} | {v['exact']:.1%} |" for k, v in summary["per_kind"].items()),
         "",
-        "| threshold | answered | wrong among answered |",
-        "|---|---|---|",
-        *(
-            f"| {t['threshold']} | {t['answered']:.1%} | {t['wrong_among_answered']:.1%} |"
-            for t in summary["trade_off"]
-        ),
+        *trade_off_table(summary["trade_off"]),
         "",
         "| confidence | images | mean confidence | accuracy |",
         "|---|---|---|---|",
