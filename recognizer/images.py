@@ -9,11 +9,32 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import pillow_heif
+from PIL import ExifTags, Image, UnidentifiedImageError
 
+pillow_heif.register_heif_opener()  # iPhones send HEIC when a photo goes as a file
+
+# Decoders that only parse pixels; never EPS/PS (Pillow runs Ghostscript on them) or anything else Pillow
+# knows but no phone sends.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF")
+# Decoded at 1/2, 1/4 or 1/8 scale in the DCT domain; many phones' JPEGs open as MPO.
+REDUCED_WHILE_DECODING = ("JPEG", "MPO")
 MAX_BYTES = 20 * 1024 * 1024  # Telegram's download limit for bots
-MAX_PIXELS = 50_000_000  # beyond this a "photo" is a decompression bomb, not a digit
+MAX_PIXELS = 50_000_000  # JPEG: beyond this a "photo" is a decompression bomb, not a digit
+# Other formats are decoded whole (4 bytes a pixel for colour): 24 MP is at most 96 MB, and the steps below
+# add at most one 8-bit plane to it, so any accepted file costs < 150 MB more than a normal photo.
+MAX_DECODED_PIXELS = 24_000_000
 WORK_SIZE = 640  # longest side the pipeline works at; enough for digits, fast on 2 cores
+STRIP_ROWS = 256  # transparency is flattened this many rows at a time
+UPRIGHT = {  # EXIF orientation -> the transpose that shows the image as the camera saw it
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class ImageError(ValueError):
@@ -35,9 +56,10 @@ def _open(source: bytes | str | Path) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
-            if width * height > MAX_PIXELS:
+            limit = MAX_PIXELS if image.format in REDUCED_WHILE_DECODING else MAX_DECODED_PIXELS
+            if width * height > limit:
                 raise ImageError(f"image is too large ({width}x{height} pixels)")
             return image
     except ImageError:
@@ -50,22 +72,31 @@ def _open(source: bytes | str | Path) -> Image.Image:
         raise ImageError(f"corrupted or unsupported image ({exc.__class__.__name__})") from None
 
 
-def _flatten(image: Image.Image) -> Image.Image:
-    """Any mode -> 8-bit grayscale; transparency is composited onto white paper."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        high = array.max() or 1.0
-        image = Image.fromarray((array * (255.0 / high)).astype(np.uint8))
-    elif image.mode == "F":
+def _shrunk_gray(image: Image.Image, work_size: int) -> Image.Image:
+    """Any mode -> 8-bit grayscale, longest side <= work_size, with at most one 8-bit plane beside the
+    decoded image: transparency is composited onto white paper strip by strip, other modes shrink first."""
+    box = (work_size, work_size)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        gray = Image.new("L", image.size, 255)
+        for top in range(0, image.height, STRIP_ROWS):
+            strip = image.crop((0, top, image.width, min(top + STRIP_ROWS, image.height))).convert("RGBA")
+            gray.paste(strip.convert("L"), (0, top), strip.getchannel("A"))
+        image = gray
+    elif image.mode.startswith("I;16"):
+        array = np.array(image)  # uint16; Pillow cannot shrink these
+        array >>= max(0, int(array.max()).bit_length() - 8)  # in place: the top 8 bits of the used range
+        image = Image.fromarray(array.astype(np.uint8))
+    elif image.mode in ("1", "P"):
+        image = image.convert("L")  # shrinking these picks pixels (nearest), which loses thin strokes
+    else:
+        image.thumbnail(box, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    if image.mode in ("I", "F"):
         array = np.nan_to_num(np.asarray(image, dtype=np.float64))
         low, high = array.min(), array.max()
         image = Image.fromarray(((array - low) * (255.0 / ((high - low) or 1.0))).astype(np.uint8))
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    return image.convert("L")
+    image = image.convert("L")
+    image.thumbnail(box, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return image
 
 
 def decode_image(source: bytes | str | Path, work_size: int = WORK_SIZE) -> np.ndarray:
@@ -73,13 +104,13 @@ def decode_image(source: bytes | str | Path, work_size: int = WORK_SIZE) -> np.n
     image = _open(source)
     try:
         image.seek(0)  # GIF and TIFF: the first frame
-        if image.format == "JPEG":
-            # Decode at 1/2, 1/4 or 1/8 scale in the DCT domain: big photos decode fast.
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)  # gone once the image is shrunk
+        if image.format in REDUCED_WHILE_DECODING:
             scale = work_size / max(image.size)
             image.draft("L", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
-        image = ImageOps.exif_transpose(image)
-        image = _flatten(image)
-        image.thumbnail((work_size, work_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        image = _shrunk_gray(image, work_size)
+        if orientation in UPRIGHT:
+            image = image.transpose(UPRIGHT[orientation])
         array = np.asarray(image, dtype=np.float32) / 255.0
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"corrupted or unsupported image ({exc.__class__.__name__})") from None

@@ -1,10 +1,14 @@
 """Decoding: every format a user may send, and every way a file can be bad."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from recognizer.images import MAX_PIXELS, WORK_SIZE, ImageError, decode_image
+from recognizer.images import MAX_DECODED_PIXELS, MAX_PIXELS, WORK_SIZE, ImageError, decode_image
+from tests.conftest import ROOT
 from tests.photos import digit_on_paper, encode
 
 
@@ -13,12 +17,29 @@ def seven(mnist):
     return digit_on_paper(mnist, index=0)  # MNIST test image 0 is a 7
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "HEIF"])
 def test_common_formats_decode_alike(seven, fmt):
     gray = decode_image(encode(seven, fmt))
     reference = np.asarray(seven, np.float32) / 255
     assert gray.shape == reference.shape and gray.dtype == np.float32
     assert np.abs(gray - reference).mean() < 0.03
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PCX", "TGA", "PPM"])
+def test_formats_outside_the_allow_list_are_refused(seven, fmt):
+    with pytest.raises(ImageError, match="not an image"):
+        decode_image(encode(seven.convert("RGB"), fmt))
+
+
+def test_postscript_is_never_handed_to_ghostscript(tmp_path):
+    marker = tmp_path / "ran"
+    eps = (
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\n"
+        + f"({marker}) (w) file closefile\nshowpage\n%%EOF\n".encode()
+    )
+    with pytest.raises(ImageError, match="not an image"):
+        decode_image(eps)
+    assert not marker.exists()
 
 
 def test_gif_uses_the_first_frame(seven):
@@ -67,6 +88,35 @@ def test_huge_image_is_refused_clearly():
     data = encode(Image.new("1", (side, side), 1), "PNG")  # compresses to a few KB: a decompression bomb
     with pytest.raises(ImageError, match="too large"):
         decode_image(data)
+
+
+def peak_rss_mb(path) -> float:
+    """Peak RSS of a fresh process that decodes `path` (as `digitbot predict` does, less the model)."""
+    code = (
+        "import resource, sys\nfrom recognizer.images import ImageError, decode_image\n"
+        "try:\n    decode_image(sys.argv[1])\nexcept ImageError as exc:\n    print(exc, file=sys.stderr)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return float(done.stdout)
+
+
+def test_any_accepted_file_costs_less_than_150_mb_more_than_a_normal_photo(tmp_path):
+    normal = tmp_path / "normal.jpg"
+    normal.write_bytes(encode(Image.new("RGB", (1280, 960), (236, 233, 225)), "JPEG"))
+    width = 6000
+    height = MAX_DECODED_PIXELS // width  # the largest accepted PNG, in the costliest mode
+    canvas = tmp_path / "canvas.png"
+    Image.new("RGBA", (width, height), (255, 255, 255, 0)).save(canvas)
+    assert decode_image(canvas).shape == (round(WORK_SIZE * height / width), WORK_SIZE)
+    bomb = tmp_path / "bomb.png"
+    Image.new("RGBA", (7000, 7000), (255, 255, 255, 0)).save(bomb)  # 49 MP in a few hundred KB
+    with pytest.raises(ImageError, match="too large"):
+        decode_image(bomb)
+    baseline = peak_rss_mb(normal)
+    assert peak_rss_mb(canvas) - baseline < 150
+    assert peak_rss_mb(bomb) - baseline < 150
 
 
 @pytest.mark.parametrize(
