@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recognizer import DEFAULT_MODEL
+from recognizer.data import sha256_file
 from storage.models import ModelVersion
 from storage.repository import Store
 
@@ -24,14 +24,6 @@ log = logging.getLogger(__name__)
 
 class ModelIntegrityError(Exception):
     """A model file is missing or differs from the sha256 the database recorded for it."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_atomically(source: Path, destination: Path) -> str:
@@ -62,21 +54,20 @@ def model_path(data_dir: Path, version: int) -> Path:
 
 def install_shipped_model(store: Store, data_dir: Path, shipped: Path = DEFAULT_MODEL) -> None:
     """On a fresh data directory the shipped model becomes version 1, active."""
-    if store.model_versions():
-        return
-    destination = model_path(data_dir, 1)
+    if not store.model_versions():
+        _install_shipped(store, data_dir, shipped, 1, f"shipped model {shipped.name}")
+
+
+def _install_shipped(store: Store, data_dir: Path, shipped: Path, version: int, note: str) -> ModelVersion:
+    destination = model_path(data_dir, version)
     sha = write_atomically(shipped, destination)
     card_path = shipped.with_suffix(".json")
     accuracy = json.loads(card_path.read_text())["test"]["accuracy"] if card_path.is_file() else None
-    store.add_model_version(
-        1,
-        str(destination),
-        sha,
-        mnist_accuracy=accuracy,
-        status="active",
-        note=f"shipped model {shipped.name}",
+    model = store.add_model_version(
+        version, str(destination), sha, mnist_accuracy=accuracy, status="active", note=note
     )
-    log.info("installed the shipped model as version 1 (%s)", destination)
+    log.info("installed the shipped model as version %d (%s)", version, destination)
+    return model
 
 
 def load_version(model: ModelVersion, min_confidence: float) -> Recognizer:
@@ -121,6 +112,39 @@ def load_active(store: Store, min_confidence: float) -> LiveModel:
     if active is None:
         raise ModelIntegrityError("no active model version in the database")
     return LiveModel(load_version(active, min_confidence), active.version)
+
+
+def recover_active(
+    store: Store, data_dir: Path, min_confidence: float, shipped: Path = DEFAULT_MODEL
+) -> tuple[LiveModel, str]:
+    """The active version, or when its file is missing or will not load (a bot that exits here would be
+    restarted into the same failure forever): the newest earlier version that loads, else the shipped model
+    installed as a new version, made active. Returns it and what went wrong ("" when nothing did)."""
+    active = store.active_model()
+    if active is None:
+        raise ModelIntegrityError("no active model version in the database")
+    try:
+        return LiveModel(load_version(active, min_confidence), active.version), ""
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails in many ways inside Keras
+        problem = f"model version {active.version} cannot be loaded: {exc}"
+    log.error("%s", problem)
+    earlier = [m for m in store.model_versions() if m.version < active.version and m.status == "retired"]
+    for model in sorted(earlier, key=lambda m: m.version, reverse=True):
+        try:
+            recognizer = load_version(model, min_confidence)
+        except Exception as exc:  # noqa: BLE001
+            log.error("model version %d cannot be loaded either: %s", model.version, exc)
+            continue
+        store.activate(model.version)
+        break
+    else:
+        model = _install_shipped(
+            store, data_dir, shipped, store.next_model_version(), f"shipped model, reinstalled: {problem}"
+        )
+        recognizer = load_version(model, min_confidence)
+    store.set_model_status(active.version, "retired", note=problem)
+    log.error("answering with model version %d instead", model.version)
+    return LiveModel(recognizer, model.version), f"{problem}. Answering with version {model.version} instead."
 
 
 def rollback(store: Store, live: LiveModel, min_confidence: float) -> ModelVersion:

@@ -78,7 +78,8 @@ class Recognizer:
     def load(cls, path: str | Path | None = None, min_confidence: float = MIN_CONFIDENCE) -> Recognizer:
         """Load a .keras model; the shipped default model when `path` is None."""
         path = Path(path) if path else DEFAULT_MODEL
-        return cls(keras.models.load_model(path, compile=False), path, min_confidence)
+        # safe_mode (with keras>=3.11) refuses files that carry code: a model file is not trusted input.
+        return cls(keras.models.load_model(path, compile=False, safe_mode=True), path, min_confidence)
 
     def probabilities(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """(N, 28, 28[, 1]) floats in [0, 1] -> (N, 10) probabilities."""

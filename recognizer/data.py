@@ -71,8 +71,13 @@ def _find_idx(directory: Path, name: str) -> Path | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def sha256_file(path: Path) -> str:
+    """The file's sha256, read in 1 MB chunks (model files and datasets can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_idx_dir(directory: str | Path) -> Mnist:
@@ -86,7 +91,7 @@ def load_idx_dir(directory: str | Path) -> Mnist:
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"{directory}: {split} images {x.shape} and labels {y.shape} do not match")
-    return Mnist(**arrays, source=str(directory), checksums={p.name: _sha256(p) for p in paths.values()})
+    return Mnist(**arrays, source=str(directory), checksums={p.name: sha256_file(p) for p in paths.values()})
 
 
 def load_npz(path: str | Path) -> Mnist:
@@ -96,7 +101,7 @@ def load_npz(path: str | Path) -> Mnist:
             arrays = {key: npz[key] for key in MNIST_FILES}
     except (OSError, KeyError, ValueError) as exc:
         raise DataError(f"{path}: not a usable MNIST .npz ({exc})") from exc
-    return Mnist(**arrays, source=str(path), checksums={path.name: _sha256(path)})
+    return Mnist(**arrays, source=str(path), checksums={path.name: sha256_file(path)})
 
 
 def load_mnist(mnist_dir: str | Path | None = None) -> Mnist:
