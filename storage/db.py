@@ -36,11 +36,18 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection) -> None:
-        # Take the write lock up front: a deferred transaction that upgrades to writing can fail at once
-        # with "database is locked" when another writer got there first, instead of waiting its turn.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front: a deferred transaction that upgrades to writing can fail at
+        # once with "database is locked" when another writer got there first, instead of waiting its turn.
+        # Readers do not: in WAL mode they read a snapshot beside the writer (the trainer's big read too).
+        immediate = connection.get_execution_options().get("for_writing")
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def for_writing(engine: Engine) -> Engine:
+    """The same engine (pool, events) for transactions that write: on SQLite they lock at BEGIN."""
+    return engine.execution_options(for_writing=True)
 
 
 def _migrate(engine: Engine, step, revision: str) -> None:
