@@ -23,7 +23,7 @@ from telegram.ext import (
 from bot import handlers, i18n
 from bot.handlers import Services
 from bot.learning import Trainer, schedule
-from bot.model_store import install_shipped_model, load_active
+from bot.model_store import install_shipped_model, recover_active
 from bot.settings import Settings
 from storage.db import connect
 from storage.repository import Store
@@ -72,6 +72,7 @@ def add_handlers(application: Application) -> None:
     new = filters.UpdateType.MESSAGE
     private = filters.ChatType.PRIVATE
     image_document = filters.Document.IMAGE
+    application.add_handler(TypeHandler(Update, handlers.gate), group=-1)
 
     def command(names: str | list[str], callback) -> CommandHandler:
         return CommandHandler(names, callback, filters=new)
@@ -132,6 +133,14 @@ async def set_command_menus(application: Application) -> None:
                 log.warning("could not set the admin menu for %d: %s", admin_id, exc)
 
 
+async def tell_admins(application: Application, text: str) -> None:
+    for admin_id in application.bot_data["services"].settings.admin_ids:
+        try:
+            await application.bot.send_message(admin_id, text)
+        except TelegramError as exc:  # the admin has not started a chat with the bot yet
+            log.warning("could not tell admin %d: %s", admin_id, exc)
+
+
 def build_application(settings: Settings) -> Application:
     """Everything the bot needs, loaded once: database (migrated), model, handlers."""
     token = settings.token
@@ -139,10 +148,12 @@ def build_application(settings: Settings) -> Application:
     if stale := store.fail_stale_runs():
         log.warning("marked %d interrupted training run(s) as failed", stale)
     install_shipped_model(store, settings.data_dir)
-    live = load_active(store, settings.min_confidence)
+    live, model_problem = recover_active(store, settings.data_dir, settings.min_confidence)
 
     async def post_init(application: Application) -> None:
         await set_command_menus(application)
+        if model_problem:
+            await tell_admins(application, f"⚠️ {model_problem}")
         me = application.bot.bot
         log.info("bot @%s started, model version %d", me.username, live.version)
 

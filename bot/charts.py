@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from storage.repository import Stats
 
 
 def stats_chart(stats: Stats) -> bytes:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    """Runs in worker threads: a Figure of its own, never pyplot, whose global state is not thread-safe."""
+    fig = Figure(figsize=(10, 3.8))
+    left, right = fig.subplots(1, 2)
     if stats.by_day:
         days = [day[5:] for day, _, _ in stats.by_day]
         left.plot(days, [acc * 100 for _, _, acc in stats.by_day], marker="o")
@@ -25,5 +24,4 @@ def stats_chart(stats: Stats) -> bytes:
     fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=90)
-    plt.close(fig)
     return out.getvalue()

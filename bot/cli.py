@@ -57,7 +57,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"no model at {model_path}; train one with `digitbot train` or pass --model")
     mnist = load_mnist(args.mnist_dir)
     x = to_model_input(mnist.x_test)
-    model = keras.models.load_model(model_path, compile=False)
+    model = keras.models.load_model(model_path, compile=False, safe_mode=True)
     evaluation = evaluate_arrays(model, x, mnist.y_test)
     print(f"model     {model_path}")
     print(f"accuracy  {evaluation.accuracy:.4f} ({evaluation.count_correct}/{len(x)})")
@@ -85,13 +85,6 @@ def _image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _describe(reading) -> str:
-    if reading.status == "no_digit":
-        return "no digit found"
-    sure = f"{reading.digits} - {reading.confidence:.0%} sure"
-    return sure if reading.status == "ok" else f"unsure, best guess {sure}"
-
-
 def save_what_i_saw(out_dir: Path, stem: str, gray, reading) -> None:
     """The bot's 🔍 What I saw picture: the photo with a box per digit, beside the 28x28 inputs and top-3."""
     from recognizer.report import what_i_saw
@@ -103,6 +96,7 @@ def save_what_i_saw(out_dir: Path, stem: str, gray, reading) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from bot.handlers import headline
     from bot.settings import load_settings
     from recognizer import ImageError, Recognizer
     from recognizer.images import decode_image
@@ -128,7 +122,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         tqdm.write(
             json.dumps({"file": str(path), **reading.as_dict()})
             if args.json
-            else f"{path}: {_describe(reading)}"
+            else f"{path}: {headline(reading.digits, reading.confidence, reading.status)}"
         )
     return 1 if failures else 0
 

@@ -8,11 +8,12 @@ import datetime as dt
 import hashlib
 import html
 import logging
+import math
 import re
 import sys
 import time
-from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Hashable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
 from telegram import (
@@ -29,7 +30,7 @@ from telegram import (
 )
 from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import BadRequest
-from telegram.ext import ContextTypes
+from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from bot.export import corrections_zip
 from bot.i18n import N_, _
@@ -81,22 +82,45 @@ ADMIN_COMMANDS = [
 
 
 class RateLimiter:
-    """At most `limit` events per user in any 60 seconds."""
+    """At most `limit` updates per user in any `window` seconds. Users quiet for a window are forgotten,
+    so memory follows the users active now, not everyone ever seen."""
 
-    def __init__(self, limit: int, window: float = 60.0) -> None:
-        self.limit, self.window = limit, window
-        self._events: dict[int, deque[float]] = defaultdict(deque)
+    def __init__(self, limit: int, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window, self.clock = limit, window, clock
+        self._events: dict[int, deque[float]] = {}
+        self._warned: dict[int, float] = {}  # user -> when they were told to slow down
+        self._swept = clock()
+
+    def __len__(self) -> int:
+        """How many users it remembers."""
+        return len(self._events) + len(self._warned.keys() - self._events.keys())
 
     def retry_after(self, user_id: int) -> float:
         """0 if the user may go ahead now (and counts it), else the seconds to wait."""
-        now = time.monotonic()
-        events = self._events[user_id]
+        now = self.clock()
+        self._forget_quiet_users(now)
+        events = self._events.setdefault(user_id, deque())
         while events and now - events[0] > self.window:
             events.popleft()
         if len(events) >= self.limit:
             return self.window - (now - events[0])
         events.append(now)
         return 0.0
+
+    def first_warning(self, user_id: int) -> bool:
+        """True the first time in a window: one "slow down" per window, not one per message."""
+        now = self.clock()
+        if now - self._warned.get(user_id, -math.inf) < self.window:
+            return False
+        self._warned[user_id] = now
+        return True
+
+    def _forget_quiet_users(self, now: float) -> None:
+        if now - self._swept < self.window:
+            return
+        self._swept = now
+        self._events = {u: e for u, e in self._events.items() if e and now - e[-1] <= self.window}
+        self._warned = {u: t for u, t in self._warned.items() if now - t < self.window}
 
 
 class InOrder:
@@ -129,7 +153,7 @@ class Services:
     trainer: Trainer
 
     def __post_init__(self) -> None:
-        self.rate = RateLimiter(self.settings.photos_per_minute)
+        self.rate = RateLimiter(self.settings.rate_limit)
 
 
 def services(context: ContextTypes.DEFAULT_TYPE) -> Services:
@@ -182,7 +206,8 @@ def photo_for_me(message: Message, context: ContextTypes.DEFAULT_TYPE) -> bool:
 
 # --- answers -----------------------------------------------------------------------------------------------
 def headline(digits: str, confidence: float, status: str) -> str:
-    """The answer's first line: the digits first, then how sure. Also rebuilt from a stored prediction."""
+    """The answer's first line: the digits first, then how sure. Also rebuilt from a stored prediction, and
+    printed by `digitbot predict`."""
     if status == "no_digit":
         return _("No digit found in this photo.")
     if status == "ok":
@@ -233,6 +258,44 @@ def with_feedback(text: str, label: str, confirmed: bool) -> str:
     return f"{base}\n\n✔ {done} - " + _("thank you!")
 
 
+# --- every update passes here first -----------------------------------------------------------------------
+def asks_me(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
+    """Whether the update asks something of the bot: a button press, or a new message in a private chat,
+    a command, or one addressed to the bot in a group (an addressed album's photos too). Group chatter
+    is not counted, nor are its senders recorded."""
+    if update.callback_query:
+        return True
+    message = update.message  # edited messages and channel posts ask nothing
+    if message is None or message.from_user is None:
+        return False
+    if is_image(message):  # here first: an addressed album is remembered before its next photo arrives
+        return photo_for_me(message, context)
+    return addressed(message, context.bot) or (message.text or "").startswith("/")
+
+
+async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Banned users get nothing, and no one gets more than `rate_limit` requests a minute handled:
+    photos, commands (a /stats chart costs more than a photo) and button presses alike."""
+    if not asks_me(update, context):
+        return
+    user = update.effective_user
+    svc = services(context)
+    if await db(svc.store.is_banned, user.id, user.full_name):
+        raise ApplicationHandlerStop
+    wait = svc.rate.retry_after(user.id)
+    if not wait:
+        return
+    if update.callback_query:  # it must be answered anyway, or the button keeps spinning
+        await update.callback_query.answer(f"Slow down, please: try again in {wait:.0f} s.")
+    elif update.effective_message and svc.rate.first_warning(user.id):
+        await update.effective_message.reply_text(
+            _(
+                "That's a lot of photos! You can send {limit} a minute; please try again in {seconds} s."
+            ).format(limit=svc.settings.rate_limit, seconds=f"{wait:.0f}")
+        )
+    raise ApplicationHandlerStop
+
+
 # --- photos in, digits out ---------------------------------------------------------------------------------
 async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A photo, or an image sent as a file: read it and answer with the digits and a feedback keyboard.
@@ -274,16 +337,9 @@ async def read_photo(update: Update, context: ContextTypes.DEFAULT_TYPE, message
     user = message.from_user or asker
     svc = services(context)
     async with svc.in_order.turn((message.chat_id, asker.id)):
-        if await db(svc.store.see_user, asker.id, asker.full_name):
-            return  # banned users get no answers
-        wait = svc.rate.retry_after(asker.id)
-        if wait:
-            await message.reply_text(
-                _(
-                    "That's a lot of photos! You can send {limit} a minute; please try again in {seconds} s."
-                ).format(limit=svc.settings.photos_per_minute, seconds=f"{wait:.0f}")
-            )
-            return
+        if await db(svc.store.is_banned, asker.id, asker.full_name):
+            log.debug("photo from banned user %d ignored", asker.id)
+            return  # banned users' photos are not read (they may still /forget, and see /privacy)
         attachment = largest(message)
         if attachment.file_size and attachment.file_size > MAX_BYTES:
             await message.reply_text(
@@ -419,7 +475,7 @@ async def on_correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     if reply is not None:
         prediction = await db(svc.store.find_prediction, message.chat_id, reply.message_id)
     else:
-        prediction = await db(svc.store.latest_prediction, user.id)
+        prediction = await db(svc.store.latest_prediction, user.id, message.chat_id)
     if prediction is None:
         await message.reply_text(_("I found no answer of mine to correct. Send me a photo first."))
         return
@@ -435,7 +491,16 @@ async def correct(
         await message.reply_text(reason)
         return
     feedback = await db(services(context).store.record_feedback, prediction.id, user.id, digits)
-    await message.reply_text(_("Thanks! Recorded {digits} for that photo.").format(digits=feedback.digits))
+    seen, wanted = prediction.input_count, len(feedback.digits)
+    thanks = _("Thanks! Recorded {digits} for that photo.").format(digits=feedback.digits)
+    if wanted == seen:
+        await message.reply_text(thanks)
+    else:  # what happens with it: training looks for as many digits as the answer has
+        saw = f"{seen} digit{'s' * (seen != 1)}" if seen else "no digits"
+        await message.reply_text(
+            f"{thanks} I saw {saw} there, not {wanted}: to learn from it I will look for {wanted} digits "
+            "in the photo again, and if I cannot find them, it only counts in /stats."
+        )
     if prediction.answer_message_id:
         original = headline(prediction.digits, prediction.confidence, prediction.status)
         await unless_unchanged(
@@ -522,7 +587,7 @@ def explain(recognizer: Recognizer, data: bytes) -> bytes:
 
 # --- commands ----------------------------------------------------------------------------------------------
 async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    await db(services(context).store.see_user, update.effective_user.id, update.effective_user.full_name)
+    await db(services(context).store.is_banned, update.effective_user.id, update.effective_user.full_name)
     await update.effective_message.reply_text(_(HELP) + "\n\n" + _(PHOTO_TIPS))
 
 

@@ -28,8 +28,8 @@ class Settings(BaseSettings):
     api_url: str = "https://api.telegram.org/bot"
     file_url: str = "https://api.telegram.org/file/bot"
     min_confidence: float = Field(MIN_CONFIDENCE, ge=0.0, le=1.0)
-    photos_per_minute: int = Field(
-        20, ge=1, validation_alias=AliasChoices("DIGITBOT_RATE_LIMIT", "DIGITBOT_PHOTOS_PER_MINUTE")
+    rate_limit: int = Field(  # updates (photos, commands, button presses) per user and minute
+        30, ge=1, validation_alias=AliasChoices("DIGITBOT_RATE_LIMIT", "DIGITBOT_PHOTOS_PER_MINUTE")
     )
     keep_photos: bool = False
     retention_days: int | None = Field(None, ge=1)

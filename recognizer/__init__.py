@@ -8,7 +8,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "digitbot.keras"  # the shipped model
 MIN_CONFIDENCE = 0.7  # below this a digit is "unsure"; bench/photos.py shows the error/reject trade-off
 
-__all__ = ["DEFAULT_MODEL", "ImageError", "Prediction", "Reading", "Recognizer"]
+__all__ = ["DEFAULT_MODEL", "ImageError", "Prediction", "Reading", "Recognizer", "percent"]
+
+
+def percent(value: float | None, decimals: int = 1, width: int = 0) -> str:
+    """0.9712 -> "97.1%"; None (nothing measured yet) -> "n/a"; right-aligned in `width` characters."""
+    return ("n/a" if value is None else f"{value:.{decimals}%}").rjust(width)
 
 
 def __getattr__(name: str):
@@ -17,7 +22,7 @@ def __getattr__(name: str):
         from recognizer.images import ImageError
 
         return ImageError
-    if name in __all__:
+    if name in ("Prediction", "Reading", "Recognizer"):
         from recognizer import classify
 
         return getattr(classify, name)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import keras
 import numpy as np
 
+from recognizer import percent
 from recognizer.data import Mnist, to_model_input
 from recognizer.evaluate import evaluate_arrays
 from recognizer.train import TrainConfig, fit
@@ -131,7 +132,7 @@ class Gate:
 
     def table(self) -> str:
         def pct(value: float | None) -> str:
-            return "   n/a" if value is None else f"{value:6.2%}"
+            return percent(value, decimals=2, width=6)
 
         return (
             f"             active  candidate\n"

@@ -14,6 +14,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.db import for_writing
 from storage.models import Feedback, ModelVersion, Prediction, TrainingRun, User, utcnow
 
 MODEL_STATUSES = ("candidate", "active", "rejected", "retired")
@@ -97,7 +98,8 @@ def unpack_inputs(data: bytes) -> np.ndarray:
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.session = sessionmaker(engine, expire_on_commit=False)
+        self.session = sessionmaker(for_writing(engine), expire_on_commit=False)  # session.begin(): writes
+        self.read = sessionmaker(engine, expire_on_commit=False)
 
     # --- users ---------------------------------------------------------------------------------------
     def _touch_user(self, s: Session, user_id: int, name: str | None) -> User:
@@ -111,8 +113,8 @@ class Store:
                 user.name = name
         return user
 
-    def see_user(self, user_id: int, name: str | None = None) -> bool:
-        """Record that the user was seen; return True if they are banned."""
+    def is_banned(self, user_id: int, name: str | None = None) -> bool:
+        """Whether the user is banned; also records that they were seen now (and their current name)."""
         with self.session.begin() as s:
             return self._touch_user(s, user_id, name).banned
 
@@ -178,12 +180,12 @@ class Store:
             )
 
     def get_prediction(self, prediction_id: int) -> Prediction | None:
-        with self.session() as s:
+        with self.read() as s:
             return s.get(Prediction, prediction_id)
 
     def find_prediction(self, chat_id: int, message_id: int) -> Prediction | None:
         """The prediction answering (or answered by) this message of the chat."""
-        with self.session() as s:
+        with self.read() as s:
             return s.scalars(
                 select(Prediction)
                 .where(Prediction.chat_id == chat_id)
@@ -193,10 +195,13 @@ class Store:
                 .order_by(Prediction.id.desc())
             ).first()
 
-    def latest_prediction(self, user_id: int) -> Prediction | None:
-        with self.session() as s:
-            query = select(Prediction).where(Prediction.user_id == user_id).order_by(Prediction.id.desc())
-            return s.scalars(query).first()
+    def latest_prediction(self, user_id: int, chat_id: int | None = None) -> Prediction | None:
+        """The user's newest prediction (in this chat, when given)."""
+        with self.read() as s:
+            query = select(Prediction).where(Prediction.user_id == user_id)
+            if chat_id is not None:
+                query = query.where(Prediction.chat_id == chat_id)
+            return s.scalars(query.order_by(Prediction.id.desc())).first()
 
     def record_feedback(self, prediction_id: int, user_id: int, digits: str | None) -> Feedback:
         """The user's answer to a prediction: `digits` is the right answer, None confirms the prediction.
@@ -238,7 +243,7 @@ class Store:
         users, photos whose stored images retention deleted, photos labelled differently by different
         feedback (the same Telegram file, or the same crops), each user's photos beyond their newest
         `max_per_user`, and all photos beyond the newest `max_photos`."""
-        with self.session() as s:
+        with self.read() as s:
             query = (
                 select(
                     Feedback.id,
@@ -306,7 +311,7 @@ class Store:
         return FeedbackSet(photos, dict(left_out), left_out_ids)
 
     def _images(self, prediction_ids: list[int]) -> dict[int, bytes]:
-        with self.session() as s:
+        with self.read() as s:
             rows = s.execute(
                 select(Prediction.id, Prediction.image).where(Prediction.id.in_(prediction_ids))
             ).all()
@@ -343,7 +348,7 @@ class Store:
     # --- stats -----------------------------------------------------------------------------------------
     def stats(self, user_id: int | None = None) -> Stats:
         """Counts and live accuracy from feedback, overall or for one user (their predictions)."""
-        with self.session() as s:
+        with self.read() as s:
             predictions = select(func.count(Prediction.id))
             rows_query = select(
                 Prediction.digits,
@@ -416,7 +421,7 @@ class Store:
             return model
 
     def next_model_version(self) -> int:
-        with self.session() as s:
+        with self.read() as s:
             return (s.scalar(select(func.max(ModelVersion.version))) or 0) + 1
 
     def _activate(self, s: Session, version: int) -> None:
@@ -471,11 +476,11 @@ class Store:
             s.execute(update(ModelVersion).where(ModelVersion.version == version).values(**values))
 
     def active_model(self) -> ModelVersion | None:
-        with self.session() as s:
+        with self.read() as s:
             return s.scalars(select(ModelVersion).where(ModelVersion.status == "active")).first()
 
     def model_versions(self) -> list[ModelVersion]:
-        with self.session() as s:
+        with self.read() as s:
             return list(s.scalars(select(ModelVersion).order_by(ModelVersion.version)))
 
     # --- training runs ---------------------------------------------------------------------------------
@@ -497,7 +502,7 @@ class Store:
             s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(pid=pid))
 
     def training_run(self, run_id: int) -> TrainingRun | None:
-        with self.session() as s:
+        with self.read() as s:
             return s.get(TrainingRun, run_id)
 
     def finish_run(
@@ -539,5 +544,5 @@ class Store:
             return len(stale)
 
     def last_run(self) -> TrainingRun | None:
-        with self.session() as s:
+        with self.read() as s:
             return s.scalars(select(TrainingRun).order_by(TrainingRun.id.desc())).first()

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bot.handlers import RateLimiter
+from bot.model_store import install_shipped_model, model_path
 from storage.db import connect, sqlite_url
 from storage.repository import Store
 from tests.fake_telegram import ROOT, BotProcess, FakeTelegram
@@ -19,7 +21,7 @@ from tests.photos import encode, synthetic_photo
 
 TOKEN = "123456789:TEST-fake-token-not-real"
 ADMIN = 1
-RATE_LIMIT = 5
+RATE_LIMIT = 6
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +142,15 @@ def test_correct_as_a_reply_and_for_the_latest_photo(fake, bot, mnist, store):
     assert "Send me a photo first" in text_reply(fake, 15, "/correct 1")["text"]
 
 
+def test_a_correction_with_another_number_of_digits_is_explained(fake, bot, mnist, store):
+    reply = photo_reply(fake, 24, synthetic_photo(mnist, "2024", "clean", seed=3))
+    assert reply["text"].startswith("2024 - ")
+    ack = text_reply(fake, 24, "/correct 123")["text"]
+    assert "Recorded 123" in ack and "I saw 4 digits there, not 3" in ack
+    assert "cannot be used for training" in ack
+    assert "Thanks! Recorded 20" in text_reply(fake, 24, "/correct 2025")["text"]
+
+
 def test_only_ascii_digits_are_labels(fake, bot, mnist, store):
     reply = photo_reply(fake, 23, synthetic_photo(mnist, "3", "clean", seed=3))
     prediction_id = reply["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1]
@@ -163,19 +174,38 @@ def test_stats_text_and_chart(fake, bot, mnist):
     assert chart["photo"][:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_stats_chart_is_drawn_in_threads_without_pyplot():
+    code = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from bot.charts import stats_chart
+from storage.repository import Stats
+stats = Stats(
+    predictions=4, feedback=4, confirmed=3, corrected=1, live_accuracy=0.75, per_digit={"1": 1.0, "7": 0.5},
+    by_day=[("2026-11-24", 2, 0.5), ("2026-11-25", 2, 1.0)],
+)
+with ThreadPoolExecutor(8) as pool:
+    charts = list(pool.map(lambda _: stats_chart(stats), range(16)))
+assert len(set(charts)) == 1 and charts[0][:8] == b"\\x89PNG\\r\\n\\x1a\\n", "one and the same PNG"
+assert "matplotlib.pyplot" not in sys.modules, "pyplot's global state is not thread-safe"
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.parametrize("command", ["/retrain", "/models", "/rollback", "/ban 17", "/unban 17", "/export"])
 def test_admin_commands_refuse_everyone_else(fake, bot, store, command):
     before = [(m.version, m.status) for m in store.model_versions()]
     assert text_reply(fake, 17, command)["text"] == "Sorry, that command is for admins only."
     assert [(m.version, m.status) for m in store.model_versions()] == before
-    assert not store.see_user(17)  # /ban 17 did not ban anyone
+    assert not store.is_banned(17)  # /ban 17 did not ban anyone
 
 
 def test_admin_commands_work_for_admins(fake, bot, mnist, store):
     assert "v1   active" in text_reply(fake, ADMIN, "/models")["text"]
     assert "Cannot roll back" in text_reply(fake, ADMIN, "/rollback")["text"]
     assert "banned" in text_reply(fake, ADMIN, "/ban 18")["text"]
-    assert store.see_user(18)
+    assert store.is_banned(18)
     mark = fake.mark()
     fake.send_photo(18, synthetic_photo(mnist, "2", "clean", seed=2))
     time.sleep(3)  # time enough to answer, had the user not been banned
@@ -229,11 +259,33 @@ def test_flooding_user_is_rate_limited_politely(fake, bot, mnist):
     for _ in range(RATE_LIMIT + 3):
         fake.send_photo(22, photo)
     deadline = time.monotonic() + 60
-    while len(fake.calls_to(22, after=mark)) < 2 * (RATE_LIMIT + 3) and time.monotonic() < deadline:
+    while len(fake.calls_to(22, after=mark)) < 2 * RATE_LIMIT + 1 and time.monotonic() < deadline:
         time.sleep(0.2)
     texts = [p["text"] for name, p in fake.calls_to(22, after=mark) if name == "sendMessage"]
     assert sum(t.startswith("8 - ") for t in texts) == RATE_LIMIT
-    assert sum("a lot of photos" in t for t in texts) == 3
+    assert sum("a lot of photos" in t for t in texts) == 1  # one warning, not one per photo
+    answer = next(p["_message"] for name, p in fake.calls_to(22, after=mark) if name == "sendMessage")
+    prediction_id = answer["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1]
+    mark = fake.mark()
+    fake.press(22, answer, f"fb:{prediction_id}:ok")  # buttons count too
+    assert "Slow down" in fake.wait_for("answerCallbackQuery", after=mark)["text"]
+    fake.send_text(22, "/stats")  # and commands: no answer, the warning was given
+    time.sleep(2)
+    assert [name for name, _ in fake.calls_to(22, after=mark)] == []
+    assert [name for name, _ in fake.calls[mark:]] == ["answerCallbackQuery"]
+
+
+def test_rate_limiter_warns_once_per_window_and_forgets_quiet_users():
+    now = [0.0]
+    limiter = RateLimiter(2, window=60, clock=lambda: now[0])
+    assert [limiter.retry_after(1) for _ in range(3)] == [0, 0, 60]
+    assert limiter.first_warning(1) and not limiter.first_warning(1)
+    for user in range(2, 10_002):
+        limiter.retry_after(user)
+    assert len(limiter) == 10_001
+    now[0] = 61.0
+    assert limiter.retry_after(1) == 0 and limiter.first_warning(1)
+    assert len(limiter) == 1  # the 10,000 quiet users are forgotten
 
 
 def test_restart_on_the_same_data_dir_keeps_everything(own_fake, mnist, tmp_path):
@@ -253,6 +305,25 @@ def test_restart_on_the_same_data_dir_keeps_everything(own_fake, mnist, tmp_path
         assert "Recorded 2" in ack["text"]
     finally:
         assert second.stop() == 0
+
+
+def test_a_missing_model_file_falls_back_and_tells_the_admins(own_fake, mnist, tmp_path):
+    store = Store(connect(sqlite_url(tmp_path)))
+    install_shipped_model(store, tmp_path)
+    store.add_model_version(2, str(model_path(tmp_path, 2)), "0" * 64, parent_version=1, status="active")
+    mark = own_fake.mark()
+    bot = BotProcess(own_fake, tmp_path, TOKEN, admins=str(ADMIN))  # it used to exit, and systemd restart it
+    try:
+        warning = own_fake.wait_for("sendMessage", after=mark, chat_id=ADMIN)["text"]
+        assert "model version 2 cannot be loaded" in warning and "version 1 instead" in warning
+        assert photo_reply(own_fake, 32, synthetic_photo(mnist, "4", "clean", seed=4))["text"].startswith(
+            "4 - "
+        )
+    finally:
+        assert bot.stop() == 0
+    assert "model version 2 cannot be loaded" in bot.log()
+    assert [(m.version, m.status) for m in store.model_versions()] == [(1, "active"), (2, "retired")]
+    store.engine.dispose()
 
 
 def test_sigterm_during_a_request_stops_cleanly(own_fake, mnist, tmp_path):
@@ -339,7 +410,7 @@ def test_webhook_mode_refuses_forged_updates(own_fake, tmp_path, configured_secr
     finally:
         assert bot.stop() == 0
     store = Store(connect(sqlite_url(tmp_path)))
-    assert not store.see_user(41) and not store.see_user(42)
+    assert not store.is_banned(41) and not store.is_banned(42)
     store.engine.dispose()
 
 

@@ -305,15 +305,15 @@ def test_admin_unban(fake, bot, mnist, store):
     mark = fake.mark()
     fake.send_text(ADMIN, "/ban 68")
     fake.wait_for("sendMessage", after=mark, chat_id=ADMIN, text=lambda t: "banned" in t)
-    assert store.see_user(68)
+    assert store.is_banned(68)
     mark = fake.mark()
     fake.send_text(68, "/unban 68")  # not for users
     assert "admins only" in fake.wait_for("sendMessage", after=mark, chat_id=68)["text"]
-    assert store.see_user(68)
+    assert store.is_banned(68)
     mark = fake.mark()
     fake.send_text(ADMIN, "/unban 68")
     assert "no longer banned" in fake.wait_for("sendMessage", after=mark, chat_id=ADMIN)["text"]
-    assert not store.see_user(68)
+    assert not store.is_banned(68)
     mark = fake.mark()
     fake.send_photo(68, synthetic_photo(mnist, "6", "clean", seed=6))
     assert fake.wait_for("sendMessage", after=mark, chat_id=68)["text"].startswith("6 - ")

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from storage.db import connect, downgrade, make_engine, upgrade
+from storage.db import connect, downgrade, make_engine, sqlite_url, upgrade
 from storage.models import Feedback, ModelVersion, Prediction, User, utcnow
 from storage.repository import Store
 
@@ -86,7 +86,7 @@ def test_an_old_database_is_upgraded_in_place(db_url):
             )
         )
     connect(db_url).dispose()  # a start with the new code: the newest schema, data kept
-    assert store.see_user(5) is False and store.claim_run("cli") is not None
+    assert store.is_banned(5) is False and store.claim_run("cli") is not None
     engine.dispose()
 
 
@@ -118,10 +118,33 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
         assert c.execute(text("PRAGMA foreign_keys")).scalar() == 1
 
 
+def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path):
+    import sqlite3
+
+    url = sqlite_url(tmp_path)
+    store = Store(connect(url))
+    store.record_feedback(predict(store, 1, "3"), 1, "8")
+    writer = sqlite3.connect(tmp_path / "digitbot.sqlite3", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a writer holds the lock, e.g. a slow migration or the bot
+    results = []
+    reader = threading.Thread(
+        target=lambda: results.append((store.stats().feedback, len(store.labelled_photos().photos))),
+        daemon=True,
+    )
+    reader.start()
+    reader.join(timeout=10)  # with BEGIN IMMEDIATE it would wait for the writer (30 s), then fail
+    read_beside_the_writer = not reader.is_alive()
+    writer.rollback()
+    reader.join()
+    assert read_beside_the_writer and results == [(1, 1)]
+    store.engine.dispose()
+
+
 def test_inputs_round_trip_compactly(store):
     x = inputs(3)
     pid = predict(store, 1, "123")
-    stored = store.get_prediction(pid)
+    with store.session() as s:
+        stored = s.get(Prediction, pid)
     assert len(stored.inputs) == 3 * 784 and stored.input_count == 3
     np.testing.assert_allclose(
         np.frombuffer(stored.inputs, np.uint8).reshape(3, 28, 28) / 255, x, atol=1 / 255
@@ -209,6 +232,16 @@ def test_latest_feedback_wins(store):
     assert store.stats().confirmed == 2
 
 
+def test_latest_prediction_of_a_user_in_a_chat(store):
+    here = predict(store, 1, "3")  # chat 1: the private chat
+    elsewhere = store.record_prediction(
+        user_id=1, chat_id=-100, digits="5", confidence=0.9, status="ok", inputs=inputs(1)
+    )  # later, in a group
+    assert store.latest_prediction(1, chat_id=1).id == here
+    assert store.latest_prediction(1, chat_id=-100).id == elsewhere
+    assert store.latest_prediction(1, chat_id=-200) is None
+
+
 def test_feedback_on_unknown_prediction_is_an_error(store):
     with pytest.raises(KeyError):
         store.record_feedback(12345, 1, "3")
@@ -277,7 +310,7 @@ def test_a_ban_survives_forget(store):
     store.record_feedback(predict(store, 1, "3", user_name="Spammer"), 1, "8")
     store.set_banned(1)
     assert store.forget_user(1)
-    assert store.see_user(1)  # still banned
+    assert store.is_banned(1)  # still banned
     assert store.stats(1).predictions == 0 and store.labelled_photos().photos == []
     with store.session() as s:
         assert s.get(User, 1).name == ""  # nothing else of theirs is kept
@@ -349,7 +382,8 @@ def test_retention_purges_old_samples_but_keeps_counts(store):
     with store.session.begin() as s:
         s.get(Prediction, old).created_at = utcnow() - timedelta(days=40)
     assert store.purge_samples(older_than_days=30) == 1
-    assert store.get_prediction(old).inputs is None and store.get_prediction(new).inputs is not None
+    with store.session() as s:
+        assert s.get(Prediction, old).inputs is None and s.get(Prediction, new).inputs is not None
     assert store.stats().predictions == 2 and store.stats().feedback == 1
     chosen = store.labelled_photos()
     assert chosen.photos == [] and chosen.left_out == {"stored images deleted (retention)": 1}
@@ -374,7 +408,8 @@ def test_unrated_photos_are_dropped_after_a_day(store):
         for pid in (rated, unrated):
             s.get(Prediction, pid).created_at = utcnow() - timedelta(days=2)
     assert store.drop_unrated_photos() == 1
-    kept = {pid: store.get_prediction(pid).image for pid in (rated, unrated, recent)}
+    with store.read() as s:
+        kept = {pid: s.get(Prediction, pid).image for pid in (rated, unrated, recent)}
     assert kept == {rated: b"jpeg", unrated: None, recent: b"jpeg"}
 
 
