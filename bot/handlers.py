@@ -281,6 +281,7 @@ async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     user = update.effective_user
     svc = services(context)
     if await db(svc.store.is_banned, user.id, user.full_name):
+        log.debug("update %d from banned user %d ignored", update.update_id, user.id)
         raise ApplicationHandlerStop
     wait = svc.rate.retry_after(user.id)
     if not wait:
