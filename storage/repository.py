@@ -240,9 +240,9 @@ class Store:
         self, max_per_user: int = 200, max_photos: int | None = None, with_images: bool = True
     ) -> FeedbackSet:
         """The feedback a training run learns from, newest first. Left out, and counted by reason: banned
-        users, photos whose stored images retention deleted, photos labelled differently by different
-        feedback (the same Telegram file, or the same crops), each user's photos beyond their newest
-        `max_per_user`, and all photos beyond the newest `max_photos`."""
+        users, labels such as "²" that older versions stored, photos whose stored images retention deleted,
+        photos labelled differently by different feedback (the same Telegram file, or the same crops), each
+        user's photos beyond their newest `max_per_user`, and all photos beyond the newest `max_photos`."""
         with self.read() as s:
             query = (
                 select(
@@ -279,6 +279,8 @@ class Store:
             key = photo_key(row)
             if row.banned:
                 reason = "banned user"
+            elif not LABEL.fullmatch(row.digits):
+                reason = "label not ASCII digits (stored before labels were checked)"
             elif row.inputs is None and not row.has_image:
                 reason = "stored images deleted (retention)"
             elif key and len(labels_of[key]) > 1:

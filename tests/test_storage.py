@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from storage.db import connect, downgrade, make_engine, sqlite_url, upgrade
@@ -304,6 +304,17 @@ def test_forget_user_removes_everything_of_theirs(store):
         assert [(f.user_id, f.prediction_id) for f in s.query(Feedback).all()] == []
         assert [p.id for p in s.query(Prediction).all()] == [theirs]
     assert not store.forget_user(1)
+
+
+def test_labels_stored_before_they_were_checked_are_left_out_of_training(store):
+    good, bad = predict(store, 1, "7", seed=1), predict(store, 1, "2", seed=2)
+    store.record_feedback(good, 1, "1")
+    store.record_feedback(bad, 1, "3")
+    with store.session.begin() as s:
+        s.execute(update(Feedback).where(Feedback.prediction_id == bad).values(digits="²"))  # an old row
+    chosen = store.labelled_photos()
+    assert [p.label for p in chosen.photos] == ["1"]
+    assert chosen.left_out == {"label not ASCII digits (stored before labels were checked)": 1}
 
 
 def test_a_ban_survives_forget(store):
