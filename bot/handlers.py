@@ -274,21 +274,18 @@ def asks_me(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
 
 
 async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Banned users get nothing, and no one gets more than `rate_limit` requests a minute handled:
-    photos, commands (a /stats chart costs more than a photo) and button presses alike."""
+    """No one gets more than `rate_limit` requests a minute handled: photos, commands (a /stats chart
+    costs more than a photo) and button presses alike, with one "slow down" per minute."""
     if not asks_me(update, context):
         return
     user = update.effective_user
     svc = services(context)
-    if await db(svc.store.is_banned, user.id, user.full_name):
-        log.debug("update %d from banned user %d ignored", update.update_id, user.id)
-        raise ApplicationHandlerStop
     wait = svc.rate.retry_after(user.id)
     if not wait:
         return
     if update.callback_query:  # it must be answered anyway, or the button keeps spinning
         await update.callback_query.answer(f"Slow down, please: try again in {wait:.0f} s.")
-    elif update.effective_message and svc.rate.first_warning(user.id):
+    elif svc.rate.first_warning(user.id):
         await update.effective_message.reply_text(
             _(
                 "That's a lot of photos! You can send {limit} a minute; please try again in {seconds} s."
