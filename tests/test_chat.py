@@ -116,6 +116,18 @@ def test_group_commands_with_and_without_the_bots_name(fake, bot, admin_bot):
     assert len(answers(fake, group["id"], mark)) == 1
 
 
+def test_group_chatter_does_not_count_against_the_rate_limit(fake, bot, admin_bot):
+    group = fake.group(-1020)
+    for i in range(35):  # more than the bot's 30 a minute, none of it for the bot
+        fake.send_text(75, f"chatter {i}", chat=group)
+    mark = fake.mark()
+    fake.send_text(75, f"/start@{BOT_USER['username']}", chat=group)
+    assert (
+        "photo of a handwritten digit"
+        in fake.wait_for("sendMessage", after=mark, chat_id=group["id"])["text"]
+    )
+
+
 def test_text_and_unknown_commands_in_a_private_chat_point_to_help(fake, bot):
     mark = fake.mark()
     fake.send_text(55, "hello, what can you do?")
