@@ -66,13 +66,14 @@ def redact_in_logs(secrets: list[str]) -> Redact:
 
 
 def add_handlers(application: Application) -> None:
-    application.add_handler(TypeHandler(Update, i18n.use_language), group=-1)  # before any other handler
+    application.add_handler(TypeHandler(Update, i18n.use_language), group=-2)  # before any other handler
+    # Then the rate limit (one handler per group runs, so it needs a group of its own).
+    application.add_handler(TypeHandler(Update, handlers.gate), group=-1)
     # New messages only: an edited caption or command is not a second request, and channel posts (no
     # user to answer) match no handler at all.
     new = filters.UpdateType.MESSAGE
     private = filters.ChatType.PRIVATE
     image_document = filters.Document.IMAGE
-    application.add_handler(TypeHandler(Update, handlers.gate), group=-1)
 
     def command(names: str | list[str], callback) -> CommandHandler:
         return CommandHandler(names, callback, filters=new)
