@@ -20,7 +20,7 @@ from telegram.ext import (
     filters,
 )
 
-from bot import handlers, i18n
+from bot import handlers, i18n, metrics
 from bot.handlers import Services
 from bot.learning import Trainer, schedule
 from bot.model_store import install_shipped_model, recover_active
@@ -150,8 +150,12 @@ def build_application(settings: Settings) -> Application:
         log.warning("marked %d interrupted training run(s) as failed", stale)
     install_shipped_model(store, settings.data_dir)
     live, model_problem = recover_active(store, settings.data_dir, settings.min_confidence)
+    servers = []  # the metrics server, when DIGITBOT_METRICS_PORT asks for one
 
     async def post_init(application: Application) -> None:
+        if settings.metrics_port:
+            port, listen = settings.metrics_port, settings.metrics_listen
+            servers.append(metrics.serve(listen, port, store.engine, lambda: live.version))
         await set_command_menus(application)
         if model_problem:
             await tell_admins(application, f"⚠️ {model_problem}")
@@ -162,6 +166,8 @@ def build_application(settings: Settings) -> Application:
         await trainer.stop()  # a run in progress: its process is stopped and the run marked failed
 
     async def post_shutdown(application: Application) -> None:
+        for server in servers:
+            server.shutdown()
         store.engine.dispose()
 
     application = (

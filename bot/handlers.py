@@ -32,6 +32,7 @@ from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import BadRequest
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
+from bot import metrics
 from bot.export import corrections_zip
 from bot.i18n import N_, _
 from bot.learning import Trainer
@@ -283,6 +284,7 @@ async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     wait = svc.rate.retry_after(user.id)
     if not wait:
         return
+    metrics.RATE_LIMITED.inc()
     if update.callback_query:  # it must be answered anyway, or the button keeps spinning
         await update.callback_query.answer(f"Slow down, please: try again in {wait:.0f} s.")
     elif svc.rate.first_warning(user.id):
@@ -340,6 +342,7 @@ async def read_photo(update: Update, context: ContextTypes.DEFAULT_TYPE, message
             return  # banned users' photos are not read (they may still /forget, and see /privacy)
         attachment = largest(message)
         if attachment.file_size and attachment.file_size > MAX_BYTES:
+            metrics.PHOTOS.labels("too_large").inc()
             await message.reply_text(
                 _(
                     "That file is {size} MB; I can read images up to {limit} MB. Please send a smaller one."
@@ -350,10 +353,12 @@ async def read_photo(update: Update, context: ContextTypes.DEFAULT_TYPE, message
         data = await download(attachment)
         recognizer, version = svc.model.current()
         try:
-            reading, kept = await asyncio.get_running_loop().run_in_executor(
-                None, read_and_keep, recognizer, data
-            )
+            with metrics.READ_SECONDS.time():
+                reading, kept = await asyncio.get_running_loop().run_in_executor(
+                    None, read_and_keep, recognizer, data
+                )
         except ImageError as exc:
+            metrics.PHOTOS.labels("unreadable").inc()
             await message.reply_text(
                 _(
                     "I couldn't read that image: {reason}. Please send a photo (JPEG or PNG) of a "
@@ -376,6 +381,7 @@ async def read_photo(update: Update, context: ContextTypes.DEFAULT_TYPE, message
             photo=data if svc.settings.keep_photos else None,
             image=kept,
         )
+        metrics.PHOTOS.labels(reading.status).inc()
         keyboard = feedback_keyboard(prediction_id, reading.digits)
         answer = await message.reply_text(answer_text(reading), reply_markup=keyboard, do_quote=True)
     await db(svc.store.set_answer_message, prediction_id, answer.message_id)
@@ -443,6 +449,7 @@ async def on_feedback_button(update: Update, context: ContextTypes.DEFAULT_TYPE)
     feedback = await db(
         store.record_feedback, prediction.id, query.from_user.id, None if choice == "ok" else choice
     )
+    metrics.count_feedback(feedback.confirmed)
     await query.answer(_("Thanks!"))
     await unless_unchanged(
         query.edit_message_text(
@@ -489,6 +496,7 @@ async def correct(
         await message.reply_text(reason)
         return
     feedback = await db(services(context).store.record_feedback, prediction.id, user.id, digits)
+    metrics.count_feedback(feedback.confirmed)
     seen, wanted = prediction.input_count, len(feedback.digits)
     thanks = _("Thanks! Recorded {digits} for that photo.").format(digits=feedback.digits)
     if wanted == seen:

@@ -25,6 +25,7 @@ from telegram import Message, Update
 from telegram.error import TelegramError
 from telegram.ext import Application, ContextTypes
 
+from bot import metrics
 from bot.model_store import LiveModel, load_version, model_path, write_atomically
 from bot.settings import Settings
 from storage.models import ModelVersion
@@ -259,6 +260,7 @@ class Trainer:
                 await _edit(message, "A fine-tuning run is already in progress (on another instance).")
             return "busy"
         outcome, report = await self._watch(run_id, message)
+        metrics.RETRAIN_RUNS.labels(outcome).inc()
         await asyncio.to_thread(sync_live_model, self.store, self.live, self.settings.min_confidence)
         log.info(report)
         if message:  # after the swap: once the admin reads "promoted", answers come from the new version

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     webhook_listen: str = "127.0.0.1"  # behind a TLS proxy on the same host; 0.0.0.0 only when told
     webhook_port: int = 8443
     webhook_secret: SecretStr | None = None  # None: a random one for each start
+    metrics_port: int | None = Field(None, ge=1, le=65535)  # GET /metrics and /healthz; None: not served
+    metrics_listen: str = "127.0.0.1"  # 0.0.0.0 in a container, so that Prometheus can reach it
     retrain_cron: str = "0 3 * * *"  # nightly; crontab syntax, in UTC
     retrain_every: float | None = Field(None, gt=0)  # seconds; overrides the cron schedule when set
     retrain_min_corrections: int = Field(50, ge=0)  # scheduled runs skip until this many new corrections
