@@ -25,6 +25,7 @@ from bot.handlers import Services
 from bot.learning import Trainer, schedule
 from bot.model_store import install_shipped_model, recover_active
 from bot.settings import Settings
+from recognizer.devices import describe_devices
 from storage.db import connect
 from storage.repository import Store
 
@@ -150,6 +151,7 @@ def build_application(settings: Settings) -> Application:
         log.warning("marked %d interrupted training run(s) as failed", stale)
     install_shipped_model(store, settings.data_dir)
     live, model_problem = recover_active(store, settings.data_dir, settings.min_confidence)
+    log.info("the model runs on %s", describe_devices())
     servers = []  # the metrics server, when DIGITBOT_METRICS_PORT asks for one
 
     async def post_init(application: Application) -> None:

@@ -12,6 +12,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from recognizer.devices import STRATEGIES
+
 log = logging.getLogger("digitbot")
 
 
@@ -21,6 +23,7 @@ class UserError(Exception):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from recognizer.data import load_mnist
+    from recognizer.devices import describe_devices, make_strategy
     from recognizer.train import TrainConfig, train
 
     options = {
@@ -39,7 +42,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         styles=not args.no_styles,
         **{k: v for k, v in options.items() if v is not None},
     )
-    card = train(load_mnist(args.mnist_dir), config, args.output, command=args.command)
+    mnist = load_mnist(args.mnist_dir)
+    strategy = make_strategy(args.strategy)
+    log.info(
+        "training on %s: %s strategy, %d replica(s)",
+        describe_devices(),
+        args.strategy,
+        strategy.num_replicas_in_sync,
+    )
+    with strategy.scope():  # the model and its optimizer are created (and mirrored) inside
+        card = train(mnist, config, args.output, command=args.command)
     print(f"test accuracy {card['test']['accuracy']:.4f} - model and card written to {args.output}")
     return 0
 
@@ -226,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from this .keras model (fine-tune) instead of scratch",
     )
     train.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard logs to DIR")
+    train.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="default",
+        help="default: one device (a GPU if TensorFlow sees one); mirrored: all GPUs of this machine "
+        "(--batch-size is then the global batch, split across them)",
+    )
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="test accuracy, per-class metrics and plots")

@@ -1,5 +1,5 @@
-"""The deploy recipes, as far as this machine can check them (no Docker engine): env.example against the real
-settings, the compose file's shape, the Dockerfile against the README, the systemd unit with systemd-analyze."""
+"""The deploy recipes, as far as this machine can check them (no Docker engine): env.example against the
+real settings, the compose file's shape, the Dockerfile against the README, the unit with systemd-analyze."""
 
 from __future__ import annotations
 
