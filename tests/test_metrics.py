@@ -64,7 +64,7 @@ def health(port: int) -> tuple[int, dict]:
 def test_a_photo_moves_the_counters_and_health_names_the_model(fake, mnist, tmp_path):
     port = free_port()
     env = {"DIGITBOT_METRICS_PORT": str(port)}
-    bot = BotProcess(fake, tmp_path, TOKEN, rate_limit=2, extra_env=env)
+    bot = BotProcess(fake, tmp_path, TOKEN, rate_limit=3, extra_env=env)  # photo, button, photo, refused
     try:
         assert health(port) == (200, {"status": "ok", "model_version": 1, "database": True})
         before = scrape(port)
@@ -79,7 +79,7 @@ def test_a_photo_moves_the_counters_and_health_names_the_model(fake, mnist, tmp_
         mark = fake.mark()
         fake.press(20, reply["_message"], f"fb:{prediction}:1")
         fake.wait_for("editMessageText", after=mark, chat_id=20)
-        fake.send_photo(20, synthetic_photo(mnist, "3", "clean", seed=3))  # the second photo this minute
+        fake.send_photo(20, synthetic_photo(mnist, "3", "clean", seed=3))  # the third request this minute
         mark = fake.mark()
         fake.send_photo(20, synthetic_photo(mnist, "5", "clean", seed=5))  # one too many
         fake.wait_for("sendMessage", after=mark, chat_id=20, text=lambda t: "a lot of photos" in t)
