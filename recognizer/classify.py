@@ -40,7 +40,6 @@ class Reading:
     status: str
     items: list[DigitReading]
     inputs: np.ndarray  # float32 (N, 28, 28): what the model saw, left to right
-    dark_ink: bool = True
 
     def as_dict(self) -> dict:
         return {
@@ -109,7 +108,7 @@ class Recognizer:
         gray = image if isinstance(image, np.ndarray) else decode_image(image)
         segmentation = find_digits(gray)
         if not segmentation.crops:
-            return Reading("", 0.0, "no_digit", [], np.zeros((0, 28, 28), np.float32), segmentation.dark_ink)
+            return Reading("", 0.0, "no_digit", [], np.zeros((0, 28, 28), np.float32))
         inputs = np.stack([crop.image for crop in segmentation.crops])
         items = [
             DigitReading(p.digit, p.confidence, p.probabilities, crop.box)
@@ -122,5 +121,4 @@ class Recognizer:
             status="ok" if confident else "unsure",
             items=items,
             inputs=inputs,
-            dark_ink=segmentation.dark_ink,
         )

@@ -12,7 +12,7 @@ STRATEGIES = ("default", "mirrored")
 
 
 def describe_devices() -> str:
-    """"GPU:0 (NVIDIA H100 ...), GPU:1 (...)" or "CPU (no GPU visible to TensorFlow)"."""
+    """The devices the model runs on: "GPU:0 (NVIDIA H100 ...), GPU:1 (...)" or "CPU (no GPU visible ...)"."""
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
