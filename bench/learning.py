@@ -70,7 +70,7 @@ def give_feedback(
 def one_run(data_dir: Path, mnist_dir: str | None) -> tuple[dict, float]:
     settings = load_settings(data_dir=data_dir, mnist_dir=mnist_dir)
     store = Store(connect(settings.resolved_database_url()))
-    run_id = store.claim_run("cli")
+    run_id = store.claim_run("cli", settings.run_lease)
     started = time.monotonic()
     result = retrain(settings, run_id)
     return {**result, "metrics": store.last_run().metrics}, time.monotonic() - started

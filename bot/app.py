@@ -147,8 +147,6 @@ def build_application(settings: Settings) -> Application:
     """Everything the bot needs, loaded once: database (migrated), model, handlers."""
     token = settings.token
     store = Store(connect(settings.resolved_database_url()))
-    if stale := store.fail_stale_runs():
-        log.warning("marked %d interrupted training run(s) as failed", stale)
     install_shipped_model(store, settings.data_dir)
     live, model_problem = recover_active(store, settings.data_dir, settings.min_confidence)
     log.info("the model runs on %s", describe_devices())

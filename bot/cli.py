@@ -182,7 +182,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         store = Store(connect(settings.resolved_database_url()))
         store.fail_stale_runs()
         install_shipped_model(store, settings.data_dir)
-        run_id = store.claim_run("cli")
+        run_id = store.claim_run("cli", settings.run_lease)
         store.engine.dispose()
         if run_id is None:
             raise UserError("a fine-tuning run is already in progress")

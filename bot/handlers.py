@@ -765,7 +765,9 @@ async def on_models(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def on_rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     svc = services(context)
     try:
-        previous = await asyncio.to_thread(rollback, svc.store, svc.model, svc.settings.min_confidence)
+        previous = await asyncio.to_thread(
+            rollback, svc.store, svc.model, svc.settings.data_dir, svc.settings.min_confidence
+        )
     except (LookupError, ModelIntegrityError) as exc:
         await update.effective_message.reply_text(_("Cannot roll back: {reason}.").format(reason=exc))
         return

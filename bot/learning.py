@@ -26,7 +26,8 @@ from telegram.error import TelegramError
 from telegram.ext import Application, ContextTypes
 
 from bot import metrics
-from bot.model_store import LiveModel, load_version, model_path, write_atomically
+from bot.lease import RunLease
+from bot.model_store import LiveModel, keep_locally, load_version
 from bot.settings import Settings
 from storage.models import ModelVersion
 from storage.repository import LabelledPhoto, Store
@@ -113,18 +114,23 @@ def retrain(
     settings: Settings, run_id: int, progress: Callable[[str], None] = lambda text: None
 ) -> dict[str, Any]:
     """One fine-tuning run, start to end: derive the samples, train, gate, write the candidate, promote or
-    reject it and close the run (one transaction). Any failure marks the run failed."""
-    import keras
-
-    from recognizer.data import load_mnist
-    from recognizer.finetune import FineTuneConfig, fine_tune, gate
+    reject it and close the run (one transaction). Any failure marks the run failed. The run's lease is
+    renewed meanwhile; should another replica fail the run (its lease expired), it stops at the next epoch."""
     from storage.db import connect
 
     started = time.monotonic()
     store = Store(connect(settings.resolved_database_url()))
+    lease = RunLease(store, run_id, settings.run_lease)  # before TensorFlow's import: that takes seconds
+    progress = lease.checking(progress)
     try:
+        import keras
+
+        from recognizer.data import load_mnist
+        from recognizer.finetune import FineTuneConfig, fine_tune, gate
+
         active = store.active_model()
-        recognizer = load_version(active, settings.min_confidence)
+        data_dir = Path(settings.data_dir)
+        recognizer = load_version(store, active, data_dir, settings.min_confidence)
         feedback = store.labelled_photos(settings.max_corrections_per_user, MAX_PHOTOS_PER_RUN)
         samples, unusable = [], dict(feedback.left_out)
         for photo in feedback.photos:
@@ -158,11 +164,12 @@ def retrain(
             recognizer.model, candidate, mnist, held_images, held_labels, len(judges), settings.max_mnist_drop
         )
         version = store.next_model_version()
-        destination = model_path(Path(settings.data_dir), version)
-        scratch = destination.with_name(f".candidate-{run_id}.keras")
+        scratch = data_dir / "models" / f".candidate-{run_id}.keras"
+        scratch.parent.mkdir(parents=True, exist_ok=True)
         candidate.save(scratch)
-        sha = write_atomically(scratch, destination)
+        data = scratch.read_bytes()
         scratch.unlink()
+        destination, sha = keep_locally(data_dir, data)
         row = ModelVersion(
             version=version,
             path=str(destination),
@@ -178,8 +185,9 @@ def retrain(
             "users": len({s.photo.user_id for s in learn}),
             "unusable": unusable,
         }
+        lease.check()
         status = store.finish_run_with_candidate(
-            run_id, row, verdict.promote, metrics, feedback.considered_ids
+            run_id, row, data, verdict.promote, metrics, feedback.considered_ids
         )
         reason = verdict.reason if status == "promoted" or not verdict.promote else row.note
         log.info("training run %d: version %d %s (%s)", run_id, version, status, reason)
@@ -194,17 +202,26 @@ def retrain(
         store.finish_run(run_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
         raise
     finally:
+        lease.stop()
         store.engine.dispose()
 
 
-def sync_live_model(store: Store, live: LiveModel, min_confidence: float) -> bool:
-    """Answer with the version the database says is active (promoted here, on another instance, or rolled
-    back). True if the model was swapped."""
+def sync_live_model(store: Store, live: LiveModel, data_dir: Path, min_confidence: float) -> bool:
+    """Answer with the version the database says is active (promoted here, on another replica, or rolled
+    back), fetched from the database if this replica has no copy yet. True if the model was swapped."""
     active = store.active_model()
     if active is None or active.version == live.version:
         return False
-    live.swap(load_version(active, min_confidence), active.version)
+    live.swap(load_version(store, active, data_dir, min_confidence), active.version)
     return True
+
+
+def fail_stale_runs(store: Store) -> int:
+    """Fail the runs whose lease expired (their replica died) and count them: nobody else will."""
+    if stale := store.fail_stale_runs():
+        log.warning("failed %d training run(s) whose lease expired", stale)
+        metrics.RETRAIN_RUNS.labels("failed").inc(stale)
+    return stale
 
 
 def result_text(run_id: int, result: dict[str, Any]) -> str:
@@ -254,14 +271,17 @@ class Trainer:
     async def run(self, trigger: str, user_id: int | None, asked: Message | None) -> str:
         """Claim the run in the database (one at a time across instances), watch it, follow its result."""
         message = await asked.reply_text("Fine-tuning: starting...") if asked else None
-        run_id = await asyncio.to_thread(self.store.claim_run, trigger, user_id)
+        await asyncio.to_thread(fail_stale_runs, self.store)
+        run_id = await asyncio.to_thread(self.store.claim_run, trigger, self.settings.run_lease, user_id)
         if run_id is None:
             if message:
                 await _edit(message, "A fine-tuning run is already in progress (on another instance).")
             return "busy"
         outcome, report = await self._watch(run_id, message)
         metrics.RETRAIN_RUNS.labels(outcome).inc()
-        await asyncio.to_thread(sync_live_model, self.store, self.live, self.settings.min_confidence)
+        await asyncio.to_thread(
+            sync_live_model, self.store, self.live, self.settings.data_dir, self.settings.min_confidence
+        )
         log.info(report)
         if message:  # after the swap: once the admin reads "promoted", answers come from the new version
             await _edit(message, report)
@@ -349,8 +369,11 @@ async def _edit(message: Message, text: str) -> None:
         log.warning("could not update the progress message: %s", exc)
 
 
+FOLLOW_EVERY_S = 5  # how soon a replica answers with a version promoted elsewhere, or fails a dead run
+
+
 def schedule(application: Application, trainer: Trainer, settings: Settings) -> None:
-    """The nightly (or every-N-seconds) fine-tuning job, and a minute-ly check for a new active model."""
+    """The nightly (or every-N-seconds) fine-tuning job, and a frequent look at the shared database."""
     from apscheduler.triggers.cron import CronTrigger
 
     jobs = application.job_queue
@@ -368,7 +391,11 @@ def schedule(application: Application, trainer: Trainer, settings: Settings) -> 
             name="fine-tune",
         )
 
-    async def follow_active_model(context: ContextTypes.DEFAULT_TYPE) -> None:
-        await asyncio.to_thread(sync_live_model, trainer.store, trainer.live, settings.min_confidence)
+    async def follow_the_database(context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A run whose replica died is failed; a version activated on any replica is loaded here."""
+        await asyncio.to_thread(fail_stale_runs, trainer.store)
+        await asyncio.to_thread(
+            sync_live_model, trainer.store, trainer.live, settings.data_dir, settings.min_confidence
+        )
 
-    jobs.run_repeating(follow_active_model, interval=60, first=60, name="follow-active-model")
+    jobs.run_repeating(follow_the_database, interval=FOLLOW_EVERY_S, first=0, name="follow-the-database")

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     max_mnist_drop: float = 0.002  # the gate: at most 0.2 percentage points below the active model
     max_corrections_per_user: int = Field(200, ge=1)
     holdout_percent: int = Field(20, ge=0, lt=100)  # samples (whole users) kept out of training to judge
+    # Seconds a fine-tuning run stays claimed without its process renewing the claim (it does so every
+    # quarter of this): a run whose replica died is failed this long after, by another replica.
+    run_lease: float = Field(60.0, gt=0)
 
     @field_validator("admin_ids", mode="before")
     @classmethod

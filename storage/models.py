@@ -1,4 +1,4 @@
-"""The database schema: users, predictions, feedback, model versions, training runs."""
+"""The database schema: users, predictions, feedback, model versions and their files, training runs."""
 
 from __future__ import annotations
 
@@ -83,6 +83,7 @@ class Feedback(Base):
 
 
 ONE_ACTIVE = "status = 'active'"
+ONE_RUNNING = "status = 'running'"
 
 
 class ModelVersion(Base):
@@ -99,6 +100,8 @@ class ModelVersion(Base):
     )
 
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # Where the replica that made it wrote the file. Replicas load versions from model_files (by sha256),
+    # except those recorded before that table existed, which have no copy there until one loads its file.
     path: Mapped[str] = mapped_column(String(1024))
     sha256: Mapped[str] = mapped_column(String(64))
     parent_version: Mapped[int | None] = mapped_column(Integer)
@@ -109,8 +112,27 @@ class ModelVersion(Base):
     note: Mapped[str] = mapped_column(Text, default="")
 
 
+class ModelFile(Base):
+    """A model file's bytes, by their sha256: every replica can load every version without a shared disk."""
+
+    __tablename__ = "model_files"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class TrainingRun(Base):
     __tablename__ = "training_runs"
+    # At most one fine-tuning run at a time, whatever two replicas claim at the same moment.
+    __table_args__ = (
+        Index(
+            "one_running_run",
+            "status",
+            unique=True,
+            sqlite_where=text(ONE_RUNNING),
+            postgresql_where=text(ONE_RUNNING),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     trigger: Mapped[str] = mapped_column(String(16))  # schedule / admin / cli
@@ -120,6 +142,9 @@ class TrainingRun(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
     status: Mapped[str] = mapped_column(String(16), default="running")  # running/promoted/rejected/failed
+    # The process working on a running run renews this; once it has passed, the run is failed by whichever
+    # replica notices (its process died, wherever it ran).
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
     candidate_version: Mapped[int | None] = mapped_column(Integer)
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     error: Mapped[str] = mapped_column(Text, default="")

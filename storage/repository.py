@@ -12,10 +12,12 @@ from datetime import datetime, timedelta
 
 import numpy as np
 from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import for_writing
-from storage.models import Feedback, ModelVersion, Prediction, TrainingRun, User, utcnow
+from storage.models import Feedback, ModelFile, ModelVersion, Prediction, TrainingRun, User, utcnow
 
 MODEL_STATUSES = ("candidate", "active", "rejected", "retired")
 # ASCII only: str.isdigit() and regex \d also accept "²" or "٣", which training's int() then chokes on.
@@ -64,26 +66,49 @@ class Stats:
     confusion: np.ndarray = field(default_factory=lambda: np.zeros((10, 10), np.int64))  # [true, read] counts
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class RunClosed(Exception):
+    """The training run was closed meanwhile: another replica failed it when its lease had expired."""
 
 
 UNRATED_PHOTO_LIFETIME = timedelta(days=1)
-RUN_LOCK, ACTIVATION_LOCK = 7243191, 7243192
+ACTIVATION_LOCK = 7243192
 
 
 def _serialise(s: Session, key: int) -> None:
     """One such transaction at a time across instances. SQLite: BEGIN IMMEDIATE already does this."""
     if s.get_bind().dialect.name == "postgresql":
         s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _keep_file(s: Session, sha256: str, data: bytes) -> None:
+    """Insert or replace (a damaged copy heals) the file's bytes: one statement, whoever does it at once."""
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[s.get_bind().dialect.name]
+    new = insert(ModelFile).values(sha256=sha256, data=data)
+    s.execute(new.on_conflict_do_update(index_elements=["sha256"], set_={"data": new.excluded.data}))
+
+
+def _lock_running(s: Session, run_id: int) -> TrainingRun:
+    """The run, locked until the transaction ends; RunClosed when it is not running any more."""
+    run = s.get(TrainingRun, run_id, with_for_update=True)
+    if run is None or run.status != "running":
+        why = f"{run.status}: {run.error}" if run else "no such run"
+        raise RunClosed(f"training run {run_id} was closed meanwhile ({why})")
+    return run
+
+
+def _close_run(
+    s: Session,
+    run: TrainingRun,
+    status: str,
+    metrics: dict | None,
+    error: str,
+    candidate_version: int | None,
+    consumed: list[int] | None,
+) -> None:
+    run.status, run.finished_at, run.error = status, utcnow(), error
+    run.metrics, run.candidate_version = metrics or {}, candidate_version
+    if consumed:
+        s.execute(update(Feedback).where(Feedback.id.in_(consumed)).values(training_run_id=run.id))
 
 
 def pack_inputs(inputs: np.ndarray) -> bytes:
@@ -400,10 +425,14 @@ class Store:
         feedback_accuracy: float | None = None,
         status: str = "candidate",
         note: str = "",
+        data: bytes | None = None,
     ) -> ModelVersion:
+        """Record a version; `data`, the file's bytes, is kept for every replica to load it from."""
         if status not in MODEL_STATUSES:
             raise ValueError(f"unknown model status {status!r}")
         with self.session.begin() as s:
+            if data is not None:
+                _keep_file(s, sha256, data)
             model = ModelVersion(
                 version=version,
                 path=path,
@@ -421,6 +450,15 @@ class Store:
             else:
                 model.status = status
             return model
+
+    def keep_model_file(self, sha256: str, data: bytes) -> None:
+        """Keep a copy of a model file (bytes whose sha256 the caller checked) for every replica."""
+        with self.session.begin() as s:
+            _keep_file(s, sha256, data)
+
+    def model_file(self, sha256: str) -> bytes | None:
+        with self.read() as s:
+            return s.scalar(select(ModelFile.data).where(ModelFile.sha256 == sha256))
 
     def next_model_version(self) -> int:
         with self.read() as s:
@@ -443,15 +481,19 @@ class Store:
         self,
         run_id: int,
         candidate: ModelVersion,
+        data: bytes,
         promote: bool,
         metrics: dict,
         consumed: list[int],
     ) -> str:
-        """Record the candidate, promote it (only if its parent is still the active version: a /rollback
-        or another promotion during the run wins) or reject it, and close the run: one transaction, so a
-        kill at any moment leaves either all of it or none. Returns the run's status."""
+        """Record the candidate and its file's bytes, promote it (only if its parent is still the active
+        version: a /rollback or another promotion during the run wins) or reject it, and close the run: one
+        transaction, so a kill at any moment leaves either all of it or none. Returns the run's status.
+        Raises RunClosed, recording nothing, when the run was failed meanwhile (its lease had expired)."""
         with self.session.begin() as s:
             _serialise(s, ACTIVATION_LOCK)
+            run = _lock_running(s, run_id)
+            _keep_file(s, candidate.sha256, data)
             active = s.scalar(select(ModelVersion.version).where(ModelVersion.status == "active"))
             if promote and active != candidate.parent_version:
                 promote = False
@@ -467,7 +509,7 @@ class Store:
             else:
                 candidate.status = "rejected"
             status = "promoted" if promote else "rejected"
-            self._close_run(s, run_id, status, metrics, "", candidate.version, consumed)
+            _close_run(s, run, status, metrics, "", candidate.version, consumed)
             return status
 
     def set_model_status(self, version: int, status: str, note: str | None = None) -> None:
@@ -486,18 +528,35 @@ class Store:
             return list(s.scalars(select(ModelVersion).order_by(ModelVersion.version)))
 
     # --- training runs ---------------------------------------------------------------------------------
-    def claim_run(self, trigger: str, requested_by: int | None = None) -> int | None:
-        """Start a training run, or return None when one is already running (on any bot instance)."""
+    def claim_run(self, trigger: str, lease_s: float, requested_by: int | None = None) -> int | None:
+        """Start a training run, leased for `lease_s` seconds to the process that will renew it (see
+        renew_lease), or return None when one is already running on any replica: the database holds at
+        most one running run (index one_running_run), so of two simultaneous claims one fails."""
+        try:
+            with self.session.begin() as s:
+                run = TrainingRun(
+                    trigger=trigger,
+                    requested_by=requested_by,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    lease_expires_at=utcnow() + timedelta(seconds=lease_s),
+                )
+                s.add(run)
+                s.flush()
+                return run.id
+        except IntegrityError:
+            return None
+
+    def renew_lease(self, run_id: int, lease_s: float) -> bool:
+        """Extend a running run's lease to `lease_s` seconds from now. False when the run is no longer
+        running (another replica failed it: its lease had expired), and then its process must stop."""
         with self.session.begin() as s:
-            _serialise(s, RUN_LOCK)
-            if s.scalar(select(func.count(TrainingRun.id)).where(TrainingRun.status == "running")):
-                return None
-            run = TrainingRun(
-                trigger=trigger, requested_by=requested_by, host=socket.gethostname(), pid=os.getpid()
+            result = s.execute(
+                update(TrainingRun)
+                .where(TrainingRun.id == run_id, TrainingRun.status == "running")
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
             )
-            s.add(run)
-            s.flush()
-            return run.id
+            return result.rowcount == 1
 
     def set_run_pid(self, run_id: int, pid: int) -> None:
         with self.session.begin() as s:
@@ -515,35 +574,25 @@ class Store:
         error: str = "",
         candidate_version: int | None = None,
         consumed: list[int] | None = None,
-    ) -> None:
-        """Close a run; the feedback it considered (`consumed`) is marked with it in the same transaction."""
-        with self.session.begin() as s:
-            self._close_run(s, run_id, status, metrics, error, candidate_version, consumed)
+    ) -> bool:
+        """Close a run; the feedback it considered (`consumed`) is marked with it in the same transaction.
+        False, changing nothing, when the run was closed already (another replica failed it)."""
+        try:
+            with self.session.begin() as s:
+                _close_run(s, _lock_running(s, run_id), status, metrics, error, candidate_version, consumed)
+        except RunClosed:
+            return False
+        return True
 
-    @staticmethod
-    def _close_run(
-        s: Session,
-        run_id: int,
-        status: str,
-        metrics: dict | None,
-        error: str,
-        candidate_version: int | None,
-        consumed: list[int] | None,
-    ) -> None:
-        run = s.get(TrainingRun, run_id)
-        run.status, run.finished_at, run.error = status, utcnow(), error
-        run.metrics, run.candidate_version = metrics or {}, candidate_version
-        if consumed:
-            s.execute(update(Feedback).where(Feedback.id.in_(consumed)).values(training_run_id=run_id))
-
-    def fail_stale_runs(self, reason: str = "interrupted: its process stopped during the run") -> int:
-        """Runs marked running whose process on this host is gone: mark them failed."""
+    def fail_stale_runs(self, reason: str = "its lease expired: its process stopped during the run") -> int:
+        """Fail the runs whose lease expired (their process died or hung, on whichever host). How many."""
         with self.session.begin() as s:
-            running = s.scalars(select(TrainingRun).where(TrainingRun.status == "running")).all()
-            stale = [r for r in running if r.host == socket.gethostname() and not _alive(r.pid)]
-            for run in stale:
-                run.status, run.error, run.finished_at = "failed", reason, utcnow()
-            return len(stale)
+            result = s.execute(
+                update(TrainingRun)
+                .where(TrainingRun.status == "running", TrainingRun.lease_expires_at < utcnow())
+                .values(status="failed", error=reason, finished_at=utcnow())
+            )
+            return result.rowcount
 
     def last_run(self) -> TrainingRun | None:
         with self.read() as s:

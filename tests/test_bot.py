@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from bot.handlers import RateLimiter
-from bot.model_store import install_shipped_model, model_path
+from bot.model_store import install_shipped_model
 from storage.db import connect, sqlite_url
 from storage.repository import Store
 from tests.fake_telegram import ROOT, BotProcess, FakeTelegram
@@ -316,7 +316,8 @@ def test_restart_on_the_same_data_dir_keeps_everything(own_fake, mnist, tmp_path
 def test_a_missing_model_file_falls_back_and_tells_the_admins(own_fake, mnist, tmp_path):
     store = Store(connect(sqlite_url(tmp_path)))
     install_shipped_model(store, tmp_path)
-    store.add_model_version(2, str(model_path(tmp_path, 2)), "0" * 64, parent_version=1, status="active")
+    lost = str(tmp_path / "models" / "v2.keras")  # recorded before the database kept copies, then lost
+    store.add_model_version(2, lost, "0" * 64, parent_version=1, status="active")
     mark = own_fake.mark()
     bot = BotProcess(own_fake, tmp_path, TOKEN, admins=str(ADMIN))  # it used to exit, and systemd restart it
     try:

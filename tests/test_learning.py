@@ -3,6 +3,7 @@ and the bot's /retrain, /rollback and schedule end to end."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from bot.learning import Sample, holdout_users
-from bot.model_store import LiveModel, ModelIntegrityError, install_shipped_model, load_active
+from bot.model_store import LiveModel, ModelIntegrityError, cache_path, install_shipped_model, load_active
 from recognizer import Recognizer
 from recognizer.finetune import FineTuneConfig, gate, judge, mcnemar_worse, repeats
 from storage.db import connect, sqlite_url
@@ -139,13 +140,18 @@ def test_hot_swap_under_concurrent_requests_drops_nothing(tiny_model, mnist):
 def test_a_tampered_model_file_is_refused(tmp_path):
     store = Store(connect(sqlite_url(tmp_path)))
     install_shipped_model(store, tmp_path)
-    assert load_active(store, 0.7).version == 1
-    path = tmp_path / "models" / "v1.keras"
-    data = bytearray(path.read_bytes())
-    data[-100] ^= 0xFF
-    path.write_bytes(bytes(data))
-    with pytest.raises(ModelIntegrityError, match="refusing to load it"):
-        load_active(store, 0.7)
+    assert load_active(store, tmp_path, 0.7).version == 1
+    sha = store.active_model().sha256
+    path = cache_path(tmp_path, sha)
+    tampered = bytearray(path.read_bytes())
+    tampered[-100] ^= 0xFF
+    path.write_bytes(bytes(tampered))
+    assert load_active(store, tmp_path, 0.7).version == 1  # the database's copy, never the tampered file
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha  # which it replaced
+    store.keep_model_file(sha, bytes(tampered))  # the database's copy tampered with too
+    path.write_bytes(bytes(tampered))
+    with pytest.raises(ModelIntegrityError, match=r"the database's copy has sha256 .* refusing to load it"):
+        load_active(store, tmp_path, 0.7)
 
 
 def fill_corrections(data_dir, mnist, n=40) -> Store:
@@ -189,7 +195,7 @@ def test_retrain_promotes_a_candidate_that_passes_the_gate(tmp_path, mnist):
     assert "too little held-out feedback to judge" in result.stdout
     assert [(m.version, m.status) for m in store.model_versions()] == [(1, "retired"), (2, "active")]
     assert store.count_new_feedback() == 0 and store.last_run().status == "promoted"
-    assert load_active(store, 0.7).version == 2  # written atomically, sha256 matches
+    assert load_active(store, tmp_path, 0.7).version == 2  # written atomically, sha256 matches
 
 
 def test_a_rejected_candidate_leaves_the_active_model(tmp_path, mnist):
@@ -210,6 +216,7 @@ def test_killing_the_fine_tune_leaves_everything_consistent(tmp_path, mnist):
         DIGITBOT_DATA_DIR=str(tmp_path),
         DIGITBOT_RETRAIN_EPOCHS="50",
         DIGITBOT_RETRAIN_MNIST_SAMPLES="20000",
+        DIGITBOT_RUN_LEASE="2",
     )
     child = subprocess.Popen(
         [sys.executable, "-m", "bot.cli", "retrain"], env=environ, stderr=subprocess.PIPE, text=True
@@ -218,13 +225,17 @@ def test_killing_the_fine_tune_leaves_everything_consistent(tmp_path, mnist):
         if "fine-tuning on" in line:
             break
     time.sleep(2)
+    assert store.fail_stale_runs() == 0  # seconds past its 2 s lease: the process renews it
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert store.last_run().status == "running"  # nobody could close it...
-    assert store.fail_stale_runs() == 1  # ...until the next start sees its process is gone
-    assert store.last_run().status == "failed"
+    failed, deadline = 0, time.monotonic() + 10
+    while not failed and time.monotonic() < deadline:  # ...until its lease expired
+        failed = store.fail_stale_runs()
+        time.sleep(0.2)
+    assert failed == 1 and store.last_run().status == "failed"
     assert [(m.version, m.status) for m in store.model_versions()] == [(1, "active")]
-    assert load_active(store, 0.7).version == 1
+    assert load_active(store, tmp_path, 0.7).version == 1
     assert store.count_new_feedback() == new_before  # its corrections wait for the next run
     assert retrain_cli(tmp_path, DIGITBOT_MAX_MNIST_DROP="0.01").returncode == 0
     assert store.count_new_feedback() == 0

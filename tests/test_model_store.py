@@ -7,8 +7,9 @@ import tomllib
 import keras
 import numpy as np
 import pytest
+from sqlalchemy import text
 
-from bot.model_store import install_shipped_model, model_path, recover_active
+from bot.model_store import cache_path, install_shipped_model, load_active, recover_active
 from recognizer import Recognizer
 from storage.db import connect, sqlite_url
 from storage.repository import Store
@@ -38,8 +39,16 @@ def store(tmp_path):
     store.engine.dispose()
 
 
+def damage(store, tmp_path) -> None:
+    """The active version's file, here and in the database, replaced by what Keras cannot load."""
+    sha = store.active_model().sha256
+    cache_path(tmp_path, sha).write_bytes(b"not a model any more")
+    with store.session.begin() as s:
+        s.execute(text("UPDATE model_files SET data = :d"), {"d": b"not a model any more"})
+
+
 def test_a_damaged_active_model_falls_back_to_the_shipped_one(store, tmp_path):
-    model_path(tmp_path, 1).write_bytes(b"not a model any more")
+    damage(store, tmp_path)
     live, problem = recover_active(store, tmp_path, 0.7)
     assert live.version == 2 and problem.startswith("model version 1 cannot be loaded")
     assert problem.endswith("Answering with version 2 instead.")
@@ -47,6 +56,25 @@ def test_a_damaged_active_model_falls_back_to_the_shipped_one(store, tmp_path):
     assert store.model_versions()[0].note.startswith("model version 1 cannot be loaded")
     recognizer, _ = live.current()
     assert 0 <= recognizer.classify(np.zeros((28, 28), np.float32)).digit <= 9  # it answers
+
+
+def test_a_replica_without_a_copy_loads_the_databases_and_keeps_it(store, tmp_path):
+    elsewhere = tmp_path / "another-replica"  # no shared disk: an empty data directory
+    assert load_active(store, elsewhere, 0.7).version == 1
+    kept = cache_path(elsewhere, store.active_model().sha256)
+    assert kept.read_bytes() == cache_path(tmp_path, store.active_model().sha256).read_bytes()
+
+
+def test_a_version_recorded_before_the_database_kept_copies_is_loaded_and_shared(store, tmp_path):
+    with store.session.begin() as s:
+        s.execute(text("DELETE FROM model_files"))  # as the migration left the versions of earlier releases
+    sha = store.active_model().sha256
+    old = cache_path(tmp_path, sha).rename(tmp_path / "models" / "v1.keras")
+    with store.session.begin() as s:
+        s.execute(text("UPDATE model_versions SET path = :p"), {"p": str(old)})
+    assert load_active(store, tmp_path, 0.7).version == 1  # from the recorded path, on its own host
+    assert store.model_file(sha) == old.read_bytes()  # ...and now from anywhere
+    assert load_active(store, tmp_path / "another-replica", 0.7).version == 1
 
 
 def test_an_intact_active_model_is_simply_loaded(store, tmp_path):

@@ -18,7 +18,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from storage.db import connect, downgrade, make_engine, sqlite_url, upgrade
 from storage.models import Feedback, ModelVersion, Prediction, User, utcnow
-from storage.repository import Store
+from storage.repository import RunClosed, Store
+
+LEASE = 60.0  # seconds
 
 POSTGRES_URL = os.environ.get(
     "DIGITBOT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -86,7 +88,7 @@ def test_an_old_database_is_upgraded_in_place(db_url):
             )
         )
     connect(db_url).dispose()  # a start with the new code: the newest schema, data kept
-    assert store.is_banned(5) is False and store.claim_run("cli") is not None
+    assert store.is_banned(5) is False and store.claim_run("cli", LEASE) is not None
     engine.dispose()
 
 
@@ -102,7 +104,7 @@ def test_migrations_from_empty_to_head_and_back(db_url):
         "alembic_version",
     } <= tables
     with engine.connect() as c:
-        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
     connect(db_url).dispose()  # a second start finds nothing to do
     downgrade(engine, "base")
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
@@ -364,8 +366,8 @@ def test_training_runs_consume_feedback_and_stale_runs_fail(store):
     pid = predict(store, 1, "4")
     store.record_feedback(pid, 1, "9")
     assert store.count_new_feedback() == 1
-    run = store.claim_run("admin", requested_by=1)
-    assert store.claim_run("schedule") is None  # one run at a time
+    run = store.claim_run("admin", LEASE, requested_by=1)
+    assert store.claim_run("schedule", LEASE) is None  # one run at a time
     store.finish_run(
         run,
         "promoted",
@@ -377,14 +379,18 @@ def test_training_runs_consume_feedback_and_stale_runs_fail(store):
     assert store.last_run().metrics == {"mnist": 0.996}
     store.record_feedback(pid, 1, "7")  # a changed label is new again
     assert store.count_new_feedback() == 1
-    live = store.claim_run("schedule")
-    assert store.fail_stale_runs() == 0  # its process (this one) is alive
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    store.set_run_pid(live, dead.pid)
+    live = store.claim_run("schedule", 0.5)
+    assert store.fail_stale_runs() == 0  # its lease runs
+    assert store.renew_lease(live, 0.5)
+    time.sleep(0.6)  # ...until its process stops renewing it, wherever that process ran
+    assert store.claim_run("schedule", LEASE) is None  # still running until someone fails it
     assert store.fail_stale_runs() == 1
-    assert store.last_run().id == live and store.last_run().status == "failed"
-    assert store.claim_run("schedule") is not None
+    run = store.last_run()
+    assert run.id == live and run.status == "failed" and run.error.startswith("its lease expired")
+    assert not store.renew_lease(live, LEASE)  # its process, were it alive, learns it must stop
+    assert not store.finish_run(live, "promoted")  # and cannot close it as if nothing happened
+    assert store.training_run(live).status == "failed"
+    assert store.claim_run("schedule", LEASE) is not None
 
 
 def test_retention_purges_old_samples_but_keeps_counts(store):
@@ -405,7 +411,7 @@ def test_a_run_consumes_the_feedback_it_could_not_use(store):
         store.record_feedback(predict(store, user, "4", seed=user), user, "9")
     store.set_banned(2)
     assert store.count_new_feedback() == 1  # a banned user's corrections never trigger a run
-    run = store.claim_run("schedule")
+    run = store.claim_run("schedule", LEASE)
     store.finish_run(run, "failed", consumed=store.labelled_photos().considered_ids)
     assert store.count_new_feedback() == 0
     store.set_banned(2, False)
@@ -454,28 +460,98 @@ def candidate(version: int, parent: int) -> ModelVersion:
     return ModelVersion(version=version, path=f"v{version}.keras", sha256="c" * 64, parent_version=parent)
 
 
+MODEL_BYTES = b"the candidate's .keras file"
+
+
 def test_promotion_is_one_transaction_that_a_rollback_during_the_run_wins(store):
     store.add_model_version(1, "v1.keras", "1" * 64, status="active")
     store.add_model_version(2, "v2.keras", "2" * 64, parent_version=1)
     store.activate(2)
     store.record_feedback(predict(store, 1, "4"), 1, "9")
-    run = store.claim_run("admin")
+    run = store.claim_run("admin", LEASE)
     store.activate(1)  # an admin's /rollback while the run (based on v2) trains
     status = store.finish_run_with_candidate(
-        run, candidate(3, parent=2), True, {"p": 1}, store.labelled_photos().considered_ids
+        run, candidate(3, parent=2), MODEL_BYTES, True, {"p": 1}, store.labelled_photos().considered_ids
     )
     assert status == "rejected" and store.active_model().version == 1
     versions = {m.version: m for m in store.model_versions()}
     assert versions[3].status == "rejected" and "active version changed" in versions[3].note
     assert store.training_run(run).status == "rejected" and store.count_new_feedback() == 0
-    run = store.claim_run("admin")
-    assert store.finish_run_with_candidate(run, candidate(4, parent=1), True, {}, []) == "promoted"
+    run = store.claim_run("admin", LEASE)
+    assert (
+        store.finish_run_with_candidate(run, candidate(4, parent=1), MODEL_BYTES, True, {}, []) == "promoted"
+    )
     assert store.active_model().version == 4 and store.training_run(run).candidate_version == 4
+    assert store.model_file("c" * 64) == MODEL_BYTES  # every replica can load it
 
 
 def test_a_failed_promotion_leaves_nothing_half_done(store):
     store.add_model_version(1, "v1.keras", "1" * 64, status="active")
-    run = store.claim_run("admin")
+    run = store.claim_run("admin", LEASE)
     with pytest.raises(IntegrityError):  # version 1 exists: the insert fails inside the transaction
-        store.finish_run_with_candidate(run, candidate(1, parent=1), True, {}, [])
+        store.finish_run_with_candidate(run, candidate(1, parent=1), MODEL_BYTES, True, {}, [])
     assert store.active_model().version == 1 and store.training_run(run).status == "running"
+    assert store.model_file("c" * 64) is None
+
+
+def test_a_run_failed_by_another_replica_records_nothing_when_it_ends(store):
+    store.add_model_version(1, "v1.keras", "1" * 64, status="active")
+    store.record_feedback(predict(store, 1, "4"), 1, "9")
+    run = store.claim_run("admin", 0.1)
+    time.sleep(0.2)
+    assert store.fail_stale_runs() == 1  # another replica saw its lease expire, and may start the next
+    with pytest.raises(RunClosed, match="closed meanwhile"):
+        store.finish_run_with_candidate(
+            run, candidate(2, parent=1), MODEL_BYTES, True, {}, store.labelled_photos().considered_ids
+        )
+    assert [m.version for m in store.model_versions()] == [1] and store.active_model().version == 1
+    assert store.model_file("c" * 64) is None and store.count_new_feedback() == 1
+    assert store.training_run(run).status == "failed"
+
+
+def test_one_of_many_simultaneous_claims_wins(store):
+    start = threading.Barrier(8)
+    claims = []
+
+    def claim() -> None:
+        start.wait()
+        claims.append(store.claim_run("schedule", LEASE))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(claims) == 8 and len([c for c in claims if c is not None]) == 1
+
+
+def test_model_files_are_kept_by_sha256_and_a_damaged_copy_heals(store):
+    store.add_model_version(1, "v1.keras", "a" * 64, status="active", data=b"version one")
+    assert store.model_file("a" * 64) == b"version one" and store.model_file("b" * 64) is None
+    with store.session.begin() as s:
+        s.execute(text("UPDATE model_files SET data = :d"), {"d": b"damaged"})
+    store.keep_model_file("a" * 64, b"version one")  # a replica with a good copy keeps it again
+    assert store.model_file("a" * 64) == b"version one"
+
+
+def test_the_migration_leaves_one_running_run_with_a_lease(db_url):
+    engine = make_engine(db_url)
+    upgrade(engine, "0003")
+    with engine.begin() as c:
+        for _ in range(2):
+            c.execute(
+                text(
+                    "INSERT INTO training_runs (trigger, host, started_at, status, metrics, error) "
+                    "VALUES ('cli', 'old', CURRENT_TIMESTAMP, 'running', '{}', '')"
+                )
+            )
+    upgrade(engine)
+    store = Store(engine)
+    assert [(r.id, r.status) for r in (store.training_run(1), store.training_run(2))] == [
+        (1, "failed"),
+        (2, "running"),
+    ]
+    assert store.fail_stale_runs() == 0  # a run of the old code, maybe still going, gets time
+    assert store.training_run(2).lease_expires_at is not None
+    assert store.claim_run("cli", LEASE) is None
+    engine.dispose()
