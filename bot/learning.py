@@ -399,3 +399,4 @@ def schedule(application: Application, trainer: Trainer, settings: Settings) -> 
         )
 
     jobs.run_repeating(follow_the_database, interval=FOLLOW_EVERY_S, first=0, name="follow-the-database")
+    logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)  # 2 lines a job: every 5 s

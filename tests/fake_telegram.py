@@ -2,7 +2,9 @@
 
 It implements the methods the bot uses (getMe, getUpdates with long polling, sendMessage, sendPhoto,
 sendDocument, editMessageText, editMessageReplyMarkup, answerCallbackQuery, getFile and file download,
-setMyCommands, sendChatAction, deleteWebhook) and records every call so tests can wait for the bot's answers.
+setMyCommands, sendChatAction, setWebhook, deleteWebhook) and records every call so tests can wait for the
+bot's answers. While a webhook is set, it POSTs the updates to it instead, as Telegram does (in order, with
+the secret token, again until one is accepted), and refuses getUpdates.
 
 It is as strict as Telegram where the bot could get it wrong: an edit that changes nothing is a 400 "message
 is not modified", a callback query can be answered once and only if it exists, and in groups a bot in
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,10 @@ NOT_MODIFIED = (
     "the same as a current content and reply markup of the message"
 )
 BAD_QUERY = "Bad Request: query is too old and response timeout expired or query ID is invalid"
+WEBHOOK_IS_SET = (
+    "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook "
+    "first"
+)
 JSON_FIELDS = {
     "reply_markup",
     "commands",
@@ -58,9 +65,12 @@ class FakeTelegram:
         self._updates: list[dict] = []
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
+        self.webhook: tuple[str, str | None] | None = None  # (url, secret token) once the bot sets one
+        self._closed = False
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._deliver, daemon=True).start()
 
     @property
     def api_url(self) -> str:
@@ -71,8 +81,32 @@ class FakeTelegram:
         return f"http://127.0.0.1:{self.server.server_port}/file/bot"
 
     def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
         self.server.shutdown()
         self.server.server_close()
+
+    def _deliver(self) -> None:
+        """Webhook mode: the oldest update is POSTed until the webhook accepts it, then the next."""
+        while True:
+            with self._cond:
+                while not self._closed and (self.webhook is None or not self._updates):
+                    self._cond.wait()
+                if self._closed:
+                    return
+                (url, secret), update = self.webhook, self._updates[0]
+            headers = {"Content-Type": "application/json"}
+            if secret:
+                headers["X-Telegram-Bot-Api-Secret-Token"] = secret
+            request = urllib.request.Request(url, json.dumps(update).encode(), headers, method="POST")
+            try:
+                urllib.request.urlopen(request, timeout=10).close()
+            except OSError:  # refused, or not a 2xx answer: Telegram tries again a little later
+                time.sleep(0.2)
+                continue
+            with self._cond:
+                self._updates.remove(update)
 
     # --- the users' side -------------------------------------------------------------------------------
     def _user(self, user_id: int) -> dict:
@@ -275,10 +309,17 @@ class FakeTelegram:
 
     def _dispatch(self, method: str, params: dict) -> tuple[int, Any]:
         if method == "getUpdates":
+            if self.webhook is not None:
+                return 409, WEBHOOK_IS_SET
             return 200, self._get_updates(params)
         if method == "getMe":
             return 200, BOT_USER
-        if method in ("deleteWebhook", "setWebhook", "setMyCommands", "sendChatAction"):
+        if method in ("setWebhook", "deleteWebhook"):
+            with self._cond:
+                self.webhook = (params["url"], params.get("secret_token")) if method == "setWebhook" else None
+                self._cond.notify_all()
+            return 200, True
+        if method in ("setMyCommands", "sendChatAction"):
             return 200, True
         if method == "answerCallbackQuery":
             with self._cond:

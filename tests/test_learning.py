@@ -154,8 +154,8 @@ def test_a_tampered_model_file_is_refused(tmp_path):
         load_active(store, tmp_path, 0.7)
 
 
-def fill_corrections(data_dir, mnist, n=40) -> Store:
-    store = Store(connect(sqlite_url(data_dir)))
+def fill_corrections(data_dir, mnist, n=40, url: str | None = None) -> Store:
+    store = Store(connect(url or sqlite_url(data_dir)))
     install_shipped_model(store, data_dir)
     for i in range(n):  # MNIST test digits the "model" got wrong, with their right labels
         wrong = str((int(mnist.y_test[i]) + 1) % 10)

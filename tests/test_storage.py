@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from datetime import timedelta
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, inspect, text, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import inspect, text, update
+from sqlalchemy.exc import IntegrityError
 
 from storage.db import connect, downgrade, make_engine, sqlite_url, upgrade
 from storage.models import Feedback, ModelVersion, Prediction, User, utcnow
@@ -22,35 +20,12 @@ from storage.repository import RunClosed, Store
 
 LEASE = 60.0  # seconds
 
-POSTGRES_URL = os.environ.get(
-    "DIGITBOT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-
-def _postgres_schema_url():
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-    try:
-        with admin.connect() as c:
-            c.execute(text("SELECT 1"))
-    except OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL} (set DIGITBOT_TEST_POSTGRES_URL): {exc}")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as c:
-        c.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    return admin, schema, f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path):
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'digitbot.sqlite3'}"
-        return
-    admin, schema, url = _postgres_schema_url()
-    yield url
-    with admin.connect() as c:
-        c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+        return f"sqlite:///{tmp_path / 'digitbot.sqlite3'}"
+    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture
