@@ -25,7 +25,8 @@ FEEDBACK = Counter("digitbot_feedback", "Answers rated by their users (confirmed
 ACTIVE_MODEL_VERSION = Gauge("digitbot_active_model_version", "The model version this instance answers with")
 RETRAIN_RUNS = Counter(
     "digitbot_retrain_runs",
-    "Fine-tuning runs this instance carried out (promoted, rejected, failed)",
+    "Fine-tuning runs by how they ended (promoted, rejected, failed), each counted by the replica that saw "
+    "it end: a run whose replica died by the replica that failed it",
     ["outcome"],
 )
 RATE_LIMITED = Counter("digitbot_rate_limited", "Updates refused because their sender sent too many")

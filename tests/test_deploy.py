@@ -73,6 +73,7 @@ def test_compose_replicas_share_postgresql_behind_caddy_with_one_webhook_secret(
     assert replicas == {"postgres", "replica-1", "replica-2", "caddy"}
     one, two = services["replica-1"], services["replica-2"]
     assert one["environment"] == two["environment"]
+    assert set(one["volumes"]).isdisjoint(two["volumes"])  # the database keeps the model versions
     assert one["environment"]["DIGITBOT_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert "@postgres/" in one["environment"]["DIGITBOT_DATABASE_URL"]
     assert one["environment"]["DIGITBOT_WEBHOOK_SECRET"].startswith("${DIGITBOT_WEBHOOK_SECRET:?")
