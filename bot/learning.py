@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import zlib
 from collections import defaultdict
@@ -206,14 +207,18 @@ def retrain(
         store.engine.dispose()
 
 
+_syncing = threading.Lock()  # a finished run and the follow job may see a new version at once: load it once
+
+
 def sync_live_model(store: Store, live: LiveModel, data_dir: Path, min_confidence: float) -> bool:
     """Answer with the version the database says is active (promoted here, on another replica, or rolled
     back), fetched from the database if this replica has no copy yet. True if the model was swapped."""
-    active = store.active_model()
-    if active is None or active.version == live.version:
-        return False
-    live.swap(load_version(store, active, data_dir, min_confidence), active.version)
-    return True
+    with _syncing:
+        active = store.active_model()
+        if active is None or active.version == live.version:
+            return False
+        live.swap(load_version(store, active, data_dir, min_confidence), active.version)
+        return True
 
 
 def fail_stale_runs(store: Store) -> int:
