@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from recognizer import DEFAULT_MODEL, MIN_CONFIDENCE
 from recognizer.images import decode_image
-from recognizer.preprocess import find_digits
+from recognizer.preprocess import DigitCrop, segmentations
 
 
 @dataclass(frozen=True)
@@ -106,13 +106,23 @@ class Recognizer:
 
         Raises recognizer.images.ImageError for input that is not a readable image."""
         gray = image if isinstance(image, np.ndarray) else decode_image(image)
-        segmentation = find_digits(gray)
-        if not segmentation.crops:
+        options = segmentations(gray)
+        crops = [crop for option in options for crop in option.crops]
+        if not crops:
             return Reading("", 0.0, "no_digit", [], np.zeros((0, 28, 28), np.float32))
-        inputs = np.stack([crop.image for crop in segmentation.crops])
+        predictions = self.classify(np.stack([crop.image for crop in crops]))  # all in one model call
+        readings, start = [], 0
+        for option in options:
+            readings.append(self._reading(option.crops, predictions[start : start + len(option.crops)]))
+            start += len(option.crops)
+        return choose(readings)
+
+    def _reading(self, crops: list[DigitCrop], predictions: list[Prediction]) -> Reading:
+        if not crops:
+            return Reading("", 0.0, "no_digit", [], np.zeros((0, 28, 28), np.float32))
         items = [
             DigitReading(p.digit, p.confidence, p.probabilities, crop.box)
-            for p, crop in zip(self.classify(inputs), segmentation.crops, strict=True)
+            for p, crop in zip(predictions, crops, strict=True)
         ]
         confident = all(item.confidence >= self.min_confidence for item in items)
         return Reading(
@@ -120,5 +130,39 @@ class Recognizer:
             confidence=float(np.prod([item.confidence for item in items])),
             status="ok" if confident else "unsure",
             items=items,
-            inputs=inputs,
+            inputs=np.stack([crop.image for crop in crops]),
         )
+
+
+def choose(readings: list[Reading]) -> Reading:
+    """The reading to answer with, from the photo's segmentations (the pipeline's first, then ones keeping
+    more of the ink: see preprocess.ink_masks).
+
+    A blurred stroke below the pipeline's threshold, or a stroke taken away with a paper line, leaves a
+    fragment that reads surely as something else (most of a 9 is a 3, a lone stroke a 1). So the reading
+    that keeps the most ink and still reads surely wins; when the pipeline's reading is sure, only
+    segmentations of the same digits compete (as many, each around the pipeline's), not a table edge or a
+    shadow that more ink lets in. Nothing sure: the surest guess, or "no digit" where the pipeline saw
+    none."""
+    first = readings[0]
+    others = [reading for reading in readings[1:] if reading.digits]
+    if first.status == "ok":
+        others = [reading for reading in others if _same_digits(first, reading)]
+    sure = [reading for reading in others if reading.status == "ok"]
+    if sure:
+        return sure[-1]
+    if first.status == "unsure":
+        return max([first, *others], key=lambda reading: reading.confidence)
+    return first
+
+
+def _same_digits(reading: Reading, other: Reading) -> bool:
+    """As many digits, each of `reading`'s (mostly) inside the box of `other`'s."""
+
+    def inside(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        overlap = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        return overlap >= 0.8 * (a[2] - a[0]) * (a[3] - a[1])
+
+    return len(reading.items) == len(other.items) and all(
+        inside(a.box, b.box) for a, b in zip(reading.items, other.items, strict=True)
+    )

@@ -16,17 +16,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from recognizer.classify import Reading, Recognizer
 from recognizer.images import decode_image
-from recognizer.preprocess import (
-    MIN_INK_CONTRAST,
-    _digit_groups,
-    ink_map,
-    remove_background,
-    to_mnist,
-)
+from recognizer.preprocess import _digit_groups, ink_map, ink_masks, to_mnist
 
 PHOTO_QUALITY = 90  # JPEG quality of the kept photo: digits survive it, a 640 px photo is ~50 KB
 
@@ -86,28 +79,10 @@ def _exactly(groups: list[np.ndarray], count: int) -> list[np.ndarray] | None:
     return groups if len(groups) == count else None
 
 
-def _masks(gray: np.ndarray) -> Iterator[np.ndarray]:
-    """Ink masks to segment: the pipeline's, then ones that keep what it may have dropped."""
-    mask, dark_ink = ink_map(gray)
-    yield mask
-    ink = remove_background(gray, dark_ink)
-    full = np.percentile(ink[mask], 90) if mask.any() else np.percentile(ink, 99.9)
-    if full < MIN_INK_CONTRAST / 2:
-        return
-    raw = ink > 0.4 * full  # the pipeline's threshold, without line removal
-    if mask.any():  # line removal's cuts put back, where they touch the strokes it left
-        yield mask | (raw & ndimage.binary_dilation(mask, iterations=4))
-    if raw.mean() < 0.3:  # more ink than that is paper texture or lines, not a digit
-        yield raw
-    faint = ink > 0.25 * full
-    if faint.mean() < 0.3:
-        yield faint
-
-
 def _hypotheses(gray: np.ndarray, count: int) -> Iterator[np.ndarray]:
     """Candidate inputs, float32 (count, 28, 28), one segmentation each."""
     seen = set()
-    for mask in _masks(gray):
+    for mask in ink_masks(ink_map(gray)):
         groups = _digit_groups(mask)
         if not groups and mask.any():  # everything filtered (a digit touching the edge): all ink is one
             groups = [mask]

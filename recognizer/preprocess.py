@@ -8,6 +8,7 @@ keeping the aspect ratio, anti-alias, centre by centre of mass in 28x28
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,8 +109,18 @@ def remove_background(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
     return np.maximum(paper - gray if dark_ink else gray - paper, 0.0)
 
 
-def ink_map(gray: np.ndarray) -> tuple[np.ndarray, bool]:
-    """-> (binary ink mask without paper lines, dark_ink)."""
+@dataclass(frozen=True)
+class InkMap:
+    """A photo's ink: how far each pixel is from the paper towards the ink, and the pipeline's mask of it."""
+
+    mask: np.ndarray  # bool (H, W): ink, paper lines removed
+    contrast: np.ndarray  # float (H, W), >= 0
+    solid: float  # the contrast of a solid stroke (of the brightest ink where the mask is empty)
+    dark_ink: bool
+
+
+def ink_map(gray: np.ndarray) -> InkMap:
+    """The pipeline's binarization: ink above the noise, paper lines removed, strokes above 0.4 of solid."""
     dark_ink = has_dark_ink(_shrink(gray, 2))
     ink = remove_background(gray, dark_ink)
     sample = ink[::2, ::2]
@@ -121,10 +132,30 @@ def ink_map(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     floor = max(min(noise, 0.5 * np.percentile(sample, 99.95)), MIN_INK_CONTRAST / 2)
     candidates = remove_lines(ink > floor)
     strong = ink[candidates]
-    full = np.percentile(strong, 90) if strong.size else 0.0  # the contrast of a solid stroke
-    if full < MIN_INK_CONTRAST:
-        return np.zeros(ink.shape, bool), dark_ink
-    return candidates & (ink > 0.4 * full), dark_ink
+    solid = float(np.percentile(strong, 90) if strong.size else np.percentile(ink, 99.9))
+    if solid < MIN_INK_CONTRAST:
+        return InkMap(np.zeros(ink.shape, bool), ink, solid, dark_ink)
+    return InkMap(candidates & (ink > 0.4 * solid), ink, solid, dark_ink)
+
+
+def ink_masks(ink: InkMap) -> Iterator[np.ndarray]:
+    """Masks to cut into digits: the pipeline's first, then ones that keep what its thresholds may have
+    dropped (line removal's cuts put back where they touch the strokes it left; all ink above its stroke
+    threshold; faint ink, the thin parts of a blurred stroke). The classifier chooses among them."""
+    yield ink.mask
+    if ink.solid < MIN_INK_CONTRAST / 2:
+        return
+    raw = ink.contrast > 0.4 * ink.solid
+    if (raw & ~ink.mask).any():  # else line removal took nothing: both masks would be the pipeline's
+        if ink.mask.any():
+            yield ink.mask | (raw & ndimage.binary_dilation(ink.mask, iterations=4))
+        if raw.mean() < 0.3:  # more ink than that is paper texture or lines, not a digit
+            yield raw
+    faint = ink.contrast > 0.25 * ink.solid
+    # A few more pixels along the edges of sharp strokes read the same: only a blurred photo's faint ink,
+    # more than a tenth of the strokes, can change a digit.
+    if faint.mean() < 0.3 and (faint & ~ink.mask).sum() > 0.1 * ink.mask.sum():
+        yield faint
 
 
 def _may_have_lines(mask: np.ndarray, axis: int) -> bool:
@@ -305,9 +336,8 @@ def to_mnist(digit: np.ndarray) -> np.ndarray:
     return np.clip(np.roll(canvas, (shift_y, shift_x), axis=(0, 1)), 0.0, 1.0)
 
 
-def find_digits(gray: np.ndarray) -> Segmentation:
-    """Gray image (H, W) in [0, 1] -> the digits in it as MNIST-style inputs, left to right."""
-    mask, dark_ink = ink_map(gray)
+def segment(mask: np.ndarray, dark_ink: bool) -> Segmentation:
+    """An ink mask -> its digits as MNIST-style inputs, left to right."""
     h, w = mask.shape
     crops = []
     for digit in _digit_groups(mask):
@@ -315,3 +345,19 @@ def find_digits(gray: np.ndarray) -> Segmentation:
         box = (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
         crops.append(DigitCrop(box=box, image=to_mnist(digit)))
     return Segmentation(crops=crops, dark_ink=dark_ink)
+
+
+def segmentations(gray: np.ndarray) -> list[Segmentation]:
+    """Gray image (H, W) in [0, 1] -> the ways to read it as digits (see ink_masks), the pipeline's first."""
+    ink = ink_map(gray)
+    masks: list[np.ndarray] = []
+    for mask in ink_masks(ink):
+        if not any(np.array_equal(mask, seen) for seen in masks):
+            masks.append(mask)
+    return [segment(mask, ink.dark_ink) for mask in masks]
+
+
+def find_digits(gray: np.ndarray) -> Segmentation:
+    """Gray image (H, W) in [0, 1] -> the digits in it as MNIST-style inputs, left to right."""
+    ink = ink_map(gray)
+    return segment(ink.mask, ink.dark_ink)

@@ -107,6 +107,22 @@ def tiny_in_corner(mnist, index: int, size: int = 44) -> bytes:
     return encode(_rgb(canvas), "PNG")
 
 
+def half_faded(mnist, index: int) -> bytes:
+    """The left half of a digit's ink four times fainter than the right, as a blurred photo loses a loop's
+    thin side: above the paper, below the pipeline's stroke threshold."""
+    gray = np.asarray(digit_on_paper(mnist, index), np.float32) / 255
+    xs = np.flatnonzero((gray < 0.5).any(axis=0))
+    left = (slice(None), slice(None, (xs[0] + xs[-1]) // 2))
+    gray[left] = 1 - (1 - gray[left]) * 0.25
+    return encode(_rgb(gray), "PNG")
+
+
+def barely_darker_than_paper(mnist, index: int) -> bytes:
+    """Ink only 6% darker than the paper: below the pipeline's contrast for ink, still plain to see."""
+    gray = np.asarray(digit_on_paper(mnist, index), np.float32) / 255
+    return encode(_rgb(1 - (1 - gray) * 0.06 / 0.9), "PNG")
+
+
 def pen_strokes(strokes: list[list[tuple[float, float]]], width: int = 9, size: int = 320) -> bytes:
     """Strokes drawn with a pen on white paper; points are (x, y) fractions of the `size`-pixel square."""
     image = Image.new("L", (size, size), 245)
