@@ -109,7 +109,7 @@ def real_split(folder: Path, seed: int, mnist_dir: str | None, shipped: Recogniz
         else:
             right_answers += 1
     result, seconds = one_run(data_dir, mnist_dir)
-    after = load_active(store, shipped.min_confidence).current()[0]
+    after = load_active(store, data_dir, shipped.min_confidence).current()[0]
     before_right = [shipped.read(p).digits == label for _, p, label in held]
     after_right = [after.read(p).digits == label for _, p, label in held]
     metrics = result["metrics"]
@@ -188,7 +188,7 @@ def font_bench(args: argparse.Namespace, shipped: Recognizer, tmp: Path) -> dict
         give_feedback(store, shipped, p.jpeg, p.label, 11 + i % 3, confirm=True) for i, p in enumerate(sent)
     )
     result, seconds = one_run(tmp / "learn", args.mnist_dir)
-    after = load_active(store, shipped.min_confidence).current()[0]
+    after = load_active(store, tmp / "learn", shipped.min_confidence).current()[0]
     report.update(
         run=result["status"],
         run_seconds=round(seconds, 1),
