@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -23,9 +24,13 @@ class UserError(Exception):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from recognizer.data import load_mnist
-    from recognizer.devices import describe_devices, make_strategy
     from recognizer.train import TrainConfig, train
 
+    if args.strategy == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise UserError("--strategy multiworker needs TF_CONFIG naming the workers (see the README)")
+        if args.tensorboard:
+            raise UserError("--tensorboard is not offered with --strategy multiworker")
     options = {
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -36,6 +41,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "patience": args.patience,
         "tensorboard_dir": args.tensorboard,
         "init_from": args.init_from and str(args.init_from),
+        "strategy": args.strategy,
+        "worker_timeout": args.worker_timeout,
     }
     config = TrainConfig(
         augment=not args.no_augment,
@@ -43,15 +50,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         **{k: v for k, v in options.items() if v is not None},
     )
     mnist = load_mnist(args.mnist_dir)
-    strategy = make_strategy(args.strategy)
-    log.info(
-        "training on %s: %s strategy, %d replica(s)",
-        describe_devices(),
-        args.strategy,
-        strategy.num_replicas_in_sync,
-    )
-    with strategy.scope():  # the model and its optimizer are created (and mirrored) inside
-        card = train(mnist, config, args.output, command=args.command)
+    card = train(mnist, config, args.output, command=args.command)
+    if card is None:
+        print("training done - this worker writes nothing, the chief writes the model and card")
+        return 0
     print(f"test accuracy {card['test']['accuracy']:.4f} - model and card written to {args.output}")
     return 0
 
@@ -241,9 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--strategy",
         choices=STRATEGIES,
-        default="default",
-        help="default: one device (a GPU if TensorFlow sees one); mirrored: all GPUs of this machine "
-        "(--batch-size is then the global batch, split across them)",
+        help="default: one device (a GPU if TensorFlow sees one); mirrored: all GPUs of this machine; "
+        "multiworker: all machines named in TF_CONFIG, the chief alone writes (--batch-size is then the "
+        "global batch, split across them)",
+    )
+    train.add_argument(
+        "--worker-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="multiworker: exit if the workers in TF_CONFIG have not all started within this time (300)",
     )
     train.set_defaults(func=cmd_train)
 
