@@ -67,8 +67,7 @@ class FakeTelegram:
         self._cond = threading.Condition()
         self.webhook: tuple[str, str | None] | None = None  # (url, secret token) once the bot sets one
         self._closed = False
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         threading.Thread(target=self._deliver, daemon=True).start()
 
@@ -403,6 +402,11 @@ class FakeTelegram:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as Telegram: the bot reuses its connections
+            # Headers and body go out in two writes: with Nagle's algorithm the body waits for the
+            # client's delayed ACK (40 ms) on a kept-alive connection.
+            disable_nagle_algorithm = True
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -441,8 +445,16 @@ class FakeTelegram:
         return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's default backlog of 5 resets connections when the bot sends a burst of requests at
+    # once (a load test); Telegram takes them.
+    request_queue_size = 128
+
+
 class BotProcess:
-    """`digitbot -v run` in a subprocess, talking to the fake server; its log goes to a file."""
+    """`digitbot -v run` in a subprocess, talking to the fake server; its log goes to a file (without -v
+    when not `verbose`: a load test measures the bot as deployed, not its debug logging)."""
 
     def __init__(
         self,
@@ -452,6 +464,7 @@ class BotProcess:
         admins: str = "",
         rate_limit: int = 20,
         extra_env: dict[str, str] | None = None,
+        verbose: bool = True,
     ) -> None:
         self.log_path = data_dir / f"bot-{time.monotonic_ns()}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DIGITBOT_", "TELEGRAM_"))}
@@ -468,7 +481,7 @@ class BotProcess:
         mark = fake.mark()
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot.cli", "-v", "run"],
+                [sys.executable, "-m", "bot.cli", *(["-v"] if verbose else []), "run"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
