@@ -176,7 +176,7 @@ def build_application(settings: Settings) -> Application:
         .base_url(settings.api_url)
         .base_file_url(settings.file_url)
         .concurrent_updates(True)
-        .rate_limiter(AIORateLimiter(max_retries=2))
+        .rate_limiter(AIORateLimiter(overall_max_rate=settings.send_rate, max_retries=2))
         .post_init(post_init)
         .post_stop(post_stop)
         .post_shutdown(post_shutdown)

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     rate_limit: int = Field(  # updates (photos, commands, button presses) per user and minute
         30, ge=1, validation_alias=AliasChoices("DIGITBOT_RATE_LIMIT", "DIGITBOT_PHOTOS_PER_MINUTE")
     )
+    # Requests to chats a second, for all chats together: Telegram refuses a bot more than about 30
+    # messages a second. 0: no limit (a test server).
+    send_rate: float = Field(30.0, ge=0)
     keep_photos: bool = False
     retention_days: int | None = Field(None, ge=1)
     webhook_url: str | None = None

@@ -452,3 +452,27 @@ def test_an_unreachable_bot_api_is_one_clear_line_without_the_token(tmp_path):
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1].startswith(f"digitbot: error: cannot reach the Bot API at {api_url}")
     assert secret not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("send_rate", "slowest", "fastest"), [(20.0, 1.5, 60.0), (0.0, 0.0, 0.5)])
+async def test_requests_to_chats_keep_to_the_send_rate(tmp_path, send_rate, slowest, fastest):
+    """60 messages at DIGITBOT_SEND_RATE=20 take 2 s (20 at once, then 20 a second; the default 30 would
+    take 1 s); with 0 they go at once."""
+    from bot.app import build_application
+    from bot.settings import Settings
+
+    settings = Settings(
+        _env_file=None,
+        TELEGRAM_BOT_TOKEN="123456789:RATE-fake-token-not-real",
+        data_dir=tmp_path,
+        send_rate=send_rate,
+    )
+    limiter = build_application(settings).bot.rate_limiter
+
+    async def send() -> bool:
+        return True
+
+    start = time.monotonic()
+    for _ in range(60):
+        await limiter.process_request(send, (), {}, "sendMessage", {"chat_id": 5}, None)
+    assert slowest <= time.monotonic() - start <= fastest
