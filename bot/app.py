@@ -24,6 +24,7 @@ from bot import handlers, i18n, metrics
 from bot.handlers import Services
 from bot.learning import Trainer, schedule
 from bot.model_store import install_shipped_model, recover_active
+from bot.reading import PhotoReader
 from bot.settings import Settings
 from recognizer.devices import describe_devices
 from storage.db import connect
@@ -152,7 +153,10 @@ def build_application(settings: Settings) -> Application:
     log.info("the model runs on %s", describe_devices())
     servers = []  # the metrics server, when DIGITBOT_METRICS_PORT asks for one
 
+    reader = PhotoReader()
+
     async def post_init(application: Application) -> None:
+        await reader.start()
         if settings.metrics_port:
             port, listen = settings.metrics_port, settings.metrics_listen
             servers.append(metrics.serve(listen, port, store.engine, lambda: live.version))
@@ -169,6 +173,7 @@ def build_application(settings: Settings) -> Application:
         for server in servers:
             server.shutdown()
         store.engine.dispose()
+        reader.close()
 
     application = (
         Application.builder()
@@ -183,7 +188,9 @@ def build_application(settings: Settings) -> Application:
         .build()
     )
     trainer = Trainer(settings, store, live)
-    application.bot_data["services"] = Services(settings=settings, store=store, model=live, trainer=trainer)
+    application.bot_data["services"] = Services(
+        settings=settings, store=store, model=live, reader=reader, trainer=trainer
+    )
     add_handlers(application)
     schedule(application, trainer, settings)
     if settings.retention_days:

@@ -37,11 +37,11 @@ from bot.export import corrections_zip
 from bot.i18n import N_, _
 from bot.learning import Trainer
 from bot.model_store import LiveModel, ModelIntegrityError, rollback
+from bot.reading import PhotoReader
 from bot.settings import Settings
 from recognizer import ImageError
 from recognizer.classify import Reading, Recognizer
 from recognizer.images import MAX_BYTES, decode_image
-from recognizer.labelled import read_and_keep
 from recognizer.report import what_i_saw
 from storage.models import Prediction
 from storage.repository import Stats, Store
@@ -149,6 +149,7 @@ class Services:
     settings: Settings
     store: Store
     model: LiveModel
+    reader: PhotoReader
     rate: RateLimiter = field(init=False)
     in_order: InOrder = field(init=False, default_factory=InOrder)
     trainer: Trainer
@@ -354,9 +355,7 @@ async def read_photo(update: Update, context: ContextTypes.DEFAULT_TYPE, message
         recognizer, version = svc.model.current()
         try:
             with metrics.READ_SECONDS.time():
-                reading, kept = await asyncio.get_running_loop().run_in_executor(
-                    None, read_and_keep, recognizer, data
-                )
+                reading, kept = await svc.reader.read(recognizer, data)
         except ImageError as exc:
             metrics.PHOTOS.labels("unreadable").inc()
             await message.reply_text(

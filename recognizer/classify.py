@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from recognizer import DEFAULT_MODEL, MIN_CONFIDENCE
 from recognizer.images import decode_image
-from recognizer.preprocess import DigitCrop, segmentations
+from recognizer.preprocess import DigitCrop, Segmentation, segmentations
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,10 @@ class Recognizer:
 
         Raises recognizer.images.ImageError for input that is not a readable image."""
         gray = image if isinstance(image, np.ndarray) else decode_image(image)
-        options = segmentations(gray)
+        return self.reading(segmentations(gray))
+
+    def reading(self, options: list[Segmentation]) -> Reading:
+        """The digits in a photo, from its segmentations (preprocess.segmentations), read by the model."""
         crops = [crop for option in options for crop in option.crops]
         if not crops:
             return Reading("", 0.0, "no_digit", [], np.zeros((0, 28, 28), np.float32))

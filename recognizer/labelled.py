@@ -10,32 +10,22 @@ likely to be the labelled digits wins.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from recognizer.classify import Reading, Recognizer
 from recognizer.images import decode_image
+from recognizer.prepare import prepare_photo
 from recognizer.preprocess import _digit_groups, ink_map, ink_masks, to_mnist
-
-PHOTO_QUALITY = 90  # JPEG quality of the kept photo: digits survive it, a 640 px photo is ~50 KB
-
-
-def photo_to_keep(gray: np.ndarray) -> bytes:
-    """The decoded photo (gray, longest side <= 640 px: what the pipeline works at) as a small JPEG."""
-    image = Image.fromarray((np.clip(gray, 0, 1) * 255).round().astype(np.uint8), mode="L")
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=PHOTO_QUALITY)
-    return out.getvalue()
 
 
 def read_and_keep(recognizer: Recognizer, photo: bytes | str | Path) -> tuple[Reading, bytes]:
-    """Read a photo, and the copy of it to keep: feedback on the answer is learned from that copy."""
-    gray = decode_image(photo)
-    return recognizer.read(gray), photo_to_keep(gray)
+    """Read a photo, and the copy of it to keep: feedback on the answer is learned from that copy. The bot
+    does the same in two steps, prepare_photo in a worker process and Recognizer.reading (bot/reading.py)."""
+    prepared = prepare_photo(photo)
+    return recognizer.reading(prepared.segmentations), prepared.kept
 
 
 def _columns(mask: np.ndarray) -> tuple[int, int]:

@@ -12,7 +12,8 @@ from PIL import Image
 from bot.learning import training_inputs
 from recognizer import Recognizer
 from recognizer.images import decode_image
-from recognizer.labelled import inputs_for_label, photo_to_keep, read_and_keep
+from recognizer.labelled import inputs_for_label, read_and_keep
+from recognizer.prepare import photo_to_keep
 from storage.db import connect, sqlite_url
 from storage.repository import Store
 from tests.photos import digit_on_paper, encode, synthetic_photo
