@@ -31,6 +31,10 @@ from storage.db import connect
 from storage.repository import Store
 
 log = logging.getLogger(__name__)
+# Updates handled at once, each with at most one request to Telegram open at a time. More buys no
+# throughput (the cores are busy reading photos) and costs CPU: httpx scans its whole connection pool,
+# up to PTB's default of 256 connections, whenever a request starts or ends.
+CONCURRENT_UPDATES = 32
 
 
 class StartError(Exception):
@@ -180,7 +184,8 @@ def build_application(settings: Settings) -> Application:
         .token(token)
         .base_url(settings.api_url)
         .base_file_url(settings.file_url)
-        .concurrent_updates(True)
+        .concurrent_updates(CONCURRENT_UPDATES)
+        .connection_pool_size(CONCURRENT_UPDATES)
         .rate_limiter(AIORateLimiter(overall_max_rate=settings.send_rate, max_retries=2))
         .post_init(post_init)
         .post_stop(post_stop)
