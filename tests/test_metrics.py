@@ -78,7 +78,9 @@ def test_a_photo_moves_the_counters_and_health_names_the_model(fake, mnist, tmp_
         mark = fake.mark()
         fake.press(20, reply["_message"], f"fb:{prediction}:1")
         fake.wait_for("editMessageText", after=mark, chat_id=20)
+        mark = fake.mark()
         fake.send_photo(20, synthetic_photo(mnist, "3", "clean", seed=3))  # the third request this minute
+        fake.wait_for("sendMessage", after=mark, chat_id=20, text=lambda t: t.startswith("3 - "))
         mark = fake.mark()
         fake.send_photo(20, synthetic_photo(mnist, "5", "clean", seed=5))  # one too many
         fake.wait_for("sendMessage", after=mark, chat_id=20, text=lambda t: "a lot of photos" in t)
