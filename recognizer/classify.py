@@ -112,7 +112,7 @@ class Recognizer:
         """The digits in a photo, from its segmentations (preprocess.segmentations), read by the model."""
         crops = [crop for option in options for crop in option.crops]
         if not crops:
-            return Reading("", 0.0, "no_digit", [], np.zeros((0, 28, 28), np.float32))
+            return self._reading([], [])
         predictions = self.classify(np.stack([crop.image for crop in crops]))  # all in one model call
         readings, start = [], 0
         for option in options:

@@ -355,9 +355,3 @@ def segmentations(gray: np.ndarray) -> list[Segmentation]:
         if not any(np.array_equal(mask, seen) for seen in masks):
             masks.append(mask)
     return [segment(mask, ink.dark_ink) for mask in masks]
-
-
-def find_digits(gray: np.ndarray) -> Segmentation:
-    """Gray image (H, W) in [0, 1] -> the digits in it as MNIST-style inputs, left to right."""
-    ink = ink_map(gray)
-    return segment(ink.mask, ink.dark_ink)

@@ -82,22 +82,17 @@ class Feedback(Base):
     prediction: Mapped[Prediction] = relationship(back_populates="feedback")
 
 
-ONE_ACTIVE = "status = 'active'"
-ONE_RUNNING = "status = 'running'"
+def _at_most_one(name: str, status: str) -> Index:
+    """A partial unique index: at most one row in `status`, whatever two instances write at the same moment
+    (SQLite and PostgreSQL alike)."""
+    where = text(f"status = '{status}'")
+    return Index(name, "status", unique=True, sqlite_where=where, postgresql_where=where)
 
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
     # At most one active version, whatever two instances promote or roll back at the same moment.
-    __table_args__ = (
-        Index(
-            "one_active_model",
-            "status",
-            unique=True,
-            sqlite_where=text(ONE_ACTIVE),
-            postgresql_where=text(ONE_ACTIVE),
-        ),
-    )
+    __table_args__ = (_at_most_one("one_active_model", "active"),)
 
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     # Where the replica that made it wrote the file. Replicas load versions from model_files (by sha256),
@@ -124,15 +119,7 @@ class ModelFile(Base):
 class TrainingRun(Base):
     __tablename__ = "training_runs"
     # At most one fine-tuning run at a time, whatever two replicas claim at the same moment.
-    __table_args__ = (
-        Index(
-            "one_running_run",
-            "status",
-            unique=True,
-            sqlite_where=text(ONE_RUNNING),
-            postgresql_where=text(ONE_RUNNING),
-        ),
-    )
+    __table_args__ = (_at_most_one("one_running_run", "running"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     trigger: Mapped[str] = mapped_column(String(16))  # schedule / admin / cli

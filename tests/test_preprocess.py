@@ -9,8 +9,13 @@ from scipy import ndimage
 
 from bench.synth import mnist_glyph
 from recognizer.images import decode_image
-from recognizer.preprocess import MNIST_STROKE, find_digits, stroke_width
+from recognizer.preprocess import MNIST_STROKE, segmentations, stroke_width
 from tests.photos import digit_on_paper, encode, synthetic_photo
+
+
+def pipeline(gray):
+    """The pipeline's own segmentation (the first of the photo's segmentations), before any choice."""
+    return segmentations(gray)[0]
 
 
 def gray(image: Image.Image) -> np.ndarray:
@@ -18,7 +23,7 @@ def gray(image: Image.Image) -> np.ndarray:
 
 
 def test_crop_is_mnist_like(mnist):
-    crops = find_digits(gray(digit_on_paper(mnist, index=0))).crops
+    crops = pipeline(gray(digit_on_paper(mnist, index=0))).crops
     assert len(crops) == 1
     x = crops[0].image
     assert x.shape == (28, 28) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
@@ -31,17 +36,17 @@ def test_crop_is_mnist_like(mnist):
 
 def test_polarity_dark_on_light_and_chalk_on_board(mnist):
     paper = gray(digit_on_paper(mnist))
-    on_paper, on_board = find_digits(paper), find_digits(1.0 - paper)
+    on_paper, on_board = pipeline(paper), pipeline(1.0 - paper)
     assert on_paper.dark_ink and not on_board.dark_ink
     np.testing.assert_allclose(on_paper.crops[0].image, on_board.crops[0].image, atol=0.05)
-    chalk = find_digits(decode_image(synthetic_photo(mnist, "3", "chalk", seed=1)))
+    chalk = pipeline(decode_image(synthetic_photo(mnist, "3", "chalk", seed=1)))
     assert not chalk.dark_ink and len(chalk.crops) == 1
 
 
 @pytest.mark.parametrize("variation", ["lined", "squared", "table_edge", "shadow"])
 def test_paper_lines_frame_edges_and_shadows_are_not_digits(mnist, variation):
     for seed in range(3):
-        crops = find_digits(decode_image(synthetic_photo(mnist, "58", variation, seed))).crops
+        crops = pipeline(decode_image(synthetic_photo(mnist, "58", variation, seed))).crops
         assert len(crops) == 2, (variation, seed)
 
 
@@ -52,11 +57,11 @@ def test_broken_stroke_digit_is_one_digit(mnist):
     assert ndimage.label(four > 0.5)[1] >= 2
     canvas = np.ones((300, 400), np.float32)
     canvas[60 : 60 + four.shape[0], 150 : 150 + four.shape[1]] -= 0.9 * four
-    assert len(find_digits(canvas).crops) == 1
+    assert len(pipeline(canvas).crops) == 1
 
 
 def test_number_comes_back_left_to_right(mnist):
-    crops = find_digits(decode_image(synthetic_photo(mnist, "2024", "clean", seed=3))).crops
+    crops = pipeline(decode_image(synthetic_photo(mnist, "2024", "clean", seed=3))).crops
     assert len(crops) == 4
     lefts = [c.box[0] for c in crops]
     assert lefts == sorted(lefts)
@@ -75,4 +80,4 @@ def test_blank_pages_have_no_digit(kind):
         "dark_board": 0.2 + 0.05 * yy + rng.normal(0, 0.01, (480, 640)),
     }[kind]
     jpeg = encode(Image.fromarray((np.clip(page, 0, 1) * 255).astype(np.uint8)), "JPEG", quality=80)
-    assert find_digits(decode_image(jpeg)).crops == []
+    assert pipeline(decode_image(jpeg)).crops == []
