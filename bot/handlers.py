@@ -338,7 +338,7 @@ async def read_photo(update: Update, context: ContextTypes.DEFAULT_TYPE, message
     user = message.from_user or asker
     svc = services(context)
     async with svc.in_order.turn((message.chat_id, asker.id)):
-        if await db(svc.store.is_banned, asker.id, asker.full_name):
+        if await db(svc.store.is_banned, asker.id):
             log.debug("photo from banned user %d ignored", asker.id)
             return  # banned users' photos are not read (they may still /forget, and see /privacy)
         attachment = largest(message)
@@ -350,7 +350,6 @@ async def read_photo(update: Update, context: ContextTypes.DEFAULT_TYPE, message
                 ).format(size=f"{attachment.file_size / 2**20:.0f}", limit=MAX_BYTES // 2**20)
             )
             return
-        await context.bot.send_chat_action(message.chat_id, ChatAction.TYPING)
         data = await download(attachment)
         recognizer, version = svc.model.current()
         try:
@@ -592,7 +591,7 @@ def explain(recognizer: Recognizer, data: bytes) -> bytes:
 
 # --- commands ----------------------------------------------------------------------------------------------
 async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    await db(services(context).store.is_banned, update.effective_user.id, update.effective_user.full_name)
+    await db(services(context).store.saw_user, update.effective_user.id, update.effective_user.full_name)
     await update.effective_message.reply_text(_(HELP) + "\n\n" + _(PHOTO_TIPS))
 
 

@@ -138,10 +138,15 @@ class Store:
                 user.name = name
         return user
 
-    def is_banned(self, user_id: int, name: str | None = None) -> bool:
-        """Whether the user is banned; also records that they were seen now (and their current name)."""
+    def saw_user(self, user_id: int, name: str | None = None) -> None:
+        """Records that the user was seen now, and their current name."""
         with self.session.begin() as s:
-            return self._touch_user(s, user_id, name).banned
+            self._touch_user(s, user_id, name)
+
+    def is_banned(self, user_id: int) -> bool:
+        """A read, not a write: every photo asks, and a write waits for SQLite's one writer."""
+        with self.read() as s:
+            return bool(s.scalar(select(User.banned).where(User.id == user_id)))
 
     def set_banned(self, user_id: int, banned: bool = True) -> None:
         with self.session.begin() as s:

@@ -96,7 +96,9 @@ def test_photo_is_answered_with_the_digit_the_confidence_and_buttons(fake, bot, 
     assert buttons == [f"fb:{prediction}:ok", f"fix:{prediction}"] + [
         f"fb:{prediction}:{d}" for d in range(10)
     ] + [f"saw:{prediction}"]
-    fake.wait_for("sendChatAction", after=mark, chat_id=11, action="typing")
+    # The answer is the photo's only request to the chat: each counts against Telegram's flood limit, and
+    # a "typing..." for an answer that takes a fraction of a second would halve the photos answered.
+    assert [name for name, _ in fake.calls_to(11, after=mark)] == ["sendMessage"]
     largest = photo["photo"][-1]["file_id"]
     fake.wait_for("getFile", after=mark, file_id=largest)  # the largest size, not the thumbnail
 
@@ -263,7 +265,7 @@ def test_flooding_user_is_rate_limited_politely(fake, bot, mnist):
     for _ in range(RATE_LIMIT + 3):
         fake.send_photo(22, photo)
     deadline = time.monotonic() + 60
-    while len(fake.calls_to(22, after=mark)) < 2 * RATE_LIMIT + 1 and time.monotonic() < deadline:
+    while len(fake.calls_to(22, after=mark)) < RATE_LIMIT + 1 and time.monotonic() < deadline:
         time.sleep(0.2)
     texts = [p["text"] for name, p in fake.calls_to(22, after=mark) if name == "sendMessage"]
     assert sum(t.startswith("8 - ") for t in texts) == RATE_LIMIT
@@ -337,7 +339,7 @@ def test_sigterm_during_a_request_stops_cleanly(own_fake, mnist, tmp_path):
     bot = BotProcess(own_fake, tmp_path, TOKEN)
     mark = own_fake.mark()
     own_fake.send_photo(31, synthetic_photo(mnist, "5", "clean", seed=5))
-    own_fake.wait_for("sendChatAction", after=mark, chat_id=31)
+    own_fake.wait_for("getFile", after=mark)
     started = time.monotonic()
     assert bot.stop(timeout=20) == 0
     assert time.monotonic() - started < 15

@@ -105,15 +105,17 @@ def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path):
     writer.execute("BEGIN IMMEDIATE")  # a writer holds the lock, e.g. a slow migration or the bot
     results = []
     reader = threading.Thread(
-        target=lambda: results.append((store.stats().feedback, len(store.labelled_photos().photos))),
-        daemon=True,
+        target=lambda: results.append(
+            (store.stats().feedback, len(store.labelled_photos().photos), store.is_banned(1))
+        ),
+        daemon=True,  # the ban check too: every photo asks it
     )
     reader.start()
     reader.join(timeout=10)  # with BEGIN IMMEDIATE it would wait for the writer (30 s), then fail
     read_beside_the_writer = not reader.is_alive()
     writer.rollback()
     reader.join()
-    assert read_beside_the_writer and results == [(1, 1)]
+    assert read_beside_the_writer and results == [(1, 1, False)]
     store.engine.dispose()
 
 
