@@ -11,11 +11,16 @@ retrain` and the bot run), and everything is read again.
 Fonts (no `--real`): simulated users write like handwriting fonts; they correct photos in half of the
 fonts, and the fresh photos measured before and after are in the other half, never corrected.
 
+Writing styles (`--styles`): one run with no feedback at all; continental 1s and crossed 7s drawn from the
+MNIST test set's 1s and 7s (a seed training does not use) read before and after. A run must not forget
+what training added to MNIST.
+
 Poisoning (`--poison N`): N accounts send `--photos` photos of MNIST test digits, each "corrected" to the
 next digit.
 
     python -m bench.learning --real ../shared/data/realworld-dev [--splits 3] [--mnist-dir DIR]
     python -m bench.learning [--photos 300] [--mnist-dir DIR]
+    python -m bench.learning --styles
     python -m bench.learning --poison 1 [--photos 300]
 """
 
@@ -35,7 +40,8 @@ from bot.learning import retrain
 from bot.model_store import install_shipped_model, load_active
 from bot.settings import load_settings
 from recognizer import Recognizer
-from recognizer.data import load_mnist
+from recognizer.augment import add_writing_styles
+from recognizer.data import load_mnist, to_model_input
 from recognizer.labelled import read_and_keep
 from storage.db import connect, sqlite_url
 from storage.repository import Store
@@ -111,7 +117,8 @@ def real_split(folder: Path, seed: int, mnist_dir: str | None, shipped: Recogniz
     result, seconds = one_run(data_dir, mnist_dir)
     after = load_active(store, data_dir, shipped.min_confidence).current()[0]
     before_right = [shipped.read(p).digits == label for _, p, label in held]
-    after_right = [after.read(p).digits == label for _, p, label in held]
+    after_read = [after.read(p).digits for _, p, _ in held]
+    after_right = [digits == label for digits, (_, _, label) in zip(after_read, held, strict=True)]
     metrics = result["metrics"]
     return {
         "split": seed,
@@ -126,6 +133,13 @@ def real_split(folder: Path, seed: int, mnist_dir: str | None, shipped: Recogniz
         "held_out_right_after": sum(after_right),
         "errors_fixed": sum(a and not b for b, a in zip(before_right, after_right, strict=True)),
         "new_errors": sum(b and not a for b, a in zip(before_right, after_right, strict=True)),
+        "changed": [  # held-out images now read otherwise, right or wrong: what to look at
+            f"{path.name}: {label}, read {'right' if right else digits or 'no digit'}"
+            for (_, path, label), was, right, digits in zip(
+                held, before_right, after_right, after_read, strict=True
+            )
+            if right != was
+        ],
         "mnist_before": metrics["active_mnist"],
         "mnist_after": metrics["candidate_mnist"],
         "run_seconds": round(seconds, 1),
@@ -152,6 +166,31 @@ def real_table(splits: list[dict]) -> str:
         f"{sum(s['errors_fixed'] for s in splits)}/{errors} | {sum(s['new_errors'] for s in splits)} | | | |"
     )
     return "\n".join(lines)
+
+
+def styles_kept(args: argparse.Namespace, shipped: Recognizer, tmp: Path) -> dict:
+    mnist = load_mnist(args.mnist_dir)
+    ones_and_sevens = np.isin(mnist.y_test, [1, 7])
+    x, y = add_writing_styles(mnist.x_test[ones_and_sevens], mnist.y_test[ones_and_sevens], 1.0, seed=5)
+    drawn_x, drawn_y = to_model_input(x[ones_and_sevens.sum() :]), y[ones_and_sevens.sum() :]
+    store = fresh_store(tmp / "styles")
+    result, seconds = one_run(tmp / "styles", args.mnist_dir)
+    after = load_active(store, tmp / "styles", shipped.min_confidence).current()[0]
+
+    def right(model: Recognizer, digit: int) -> float:
+        read = model.probabilities(drawn_x[drawn_y == digit]).argmax(axis=1)
+        return round(float((read == digit).mean()), 4)
+
+    return {
+        "run": result["status"],
+        "continental_1s_before": right(shipped, 1),
+        "continental_1s_after": right(after, 1),
+        "crossed_7s_before": right(shipped, 7),
+        "crossed_7s_after": right(after, 7),
+        "mnist_before": result["metrics"]["active_mnist"],
+        "mnist_after": result["metrics"]["candidate_mnist"],
+        "run_seconds": round(seconds, 1),
+    }
 
 
 def font_photos(n: int, fonts: list[Path], seed: int) -> list:
@@ -233,6 +272,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=300, help="fonts: photos the users send and correct")
     parser.add_argument("--test-photos", type=int, default=300, help="fonts: fresh photos to measure on")
     parser.add_argument("--poison", type=int, metavar="ACCOUNTS", help="wrong corrections from N accounts")
+    parser.add_argument("--styles", action="store_true", help="does a run keep continental 1s, crossed 7s?")
     parser.add_argument("--mnist-dir")
     args = parser.parse_args()
     load_mnist(args.mnist_dir)  # fail early with the clear message
@@ -240,6 +280,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.poison:
             print(json.dumps(poisoning(args, shipped, Path(tmp)), indent=2))
+        elif args.styles:
+            print(json.dumps(styles_kept(args, shipped, Path(tmp)), indent=2))
         elif args.real:
             splits = [
                 real_split(args.real, seed, args.mnist_dir, shipped, Path(tmp)) for seed in range(args.splits)

@@ -17,7 +17,7 @@ import pytest
 from bot.learning import Sample, holdout_users
 from bot.model_store import LiveModel, ModelIntegrityError, cache_path, install_shipped_model, load_active
 from recognizer import Recognizer
-from recognizer.finetune import FineTuneConfig, gate, judge, mcnemar_worse, repeats
+from recognizer.finetune import FineTuneConfig, gate, judge, mcnemar_worse, repeats, training_mix
 from storage.db import connect, sqlite_url
 from storage.repository import LabelledPhoto, Store
 from tests.conftest import MNIST_DIR
@@ -102,6 +102,20 @@ def test_repeats_are_capped_per_sample_and_per_user():
     one_user = repeats(np.full(300, 7), 20_000, config)
     assert one_user.sum() <= 0.25 * budget + 300  # one user alone cannot fill the corrections' part
     assert one_user.min() >= 1
+
+
+def test_a_run_rehearses_the_writing_styles_training_added(mnist):
+    # Without them a run on MNIST forgot continental 1s: a real one read as 7 again (bench.learning).
+    corrections = np.zeros((3, 28, 28), np.uint8)
+    config = FineTuneConfig(mnist_samples=2_000)
+    x, y, each = training_mix(mnist, corrections, np.array([4, 4, 4]), np.array([1, 2, 3]), config)
+    assert each.tolist() == [40, 40, 40] and (y[-120:] == 4).all()
+    known_x, known_y = x[: len(x) - each.sum()], y[: len(y) - each.sum()]
+    in_mnist = {image.tobytes() for image in mnist.x_train}
+    drawn = np.array([image.tobytes() not in in_mnist for image in known_x])
+    assert set(known_y[drawn].tolist()) == {1, 7}  # continental 1s and crossed 7s, nothing else
+    ones_and_sevens = np.isin(known_y[~drawn], [1, 7]).sum()
+    assert len(known_x) - drawn.sum() == 2_000 and 0.25 < drawn.sum() / ones_and_sevens < 0.35
 
 
 def test_hot_swap_under_concurrent_requests_drops_nothing(tiny_model, mnist):
