@@ -116,8 +116,9 @@ def real_split(folder: Path, seed: int, mnist_dir: str | None, shipped: Recogniz
             right_answers += 1
     result, seconds = one_run(data_dir, mnist_dir)
     after = load_active(store, data_dir, shipped.min_confidence).current()[0]
-    before_right = [shipped.read(p).digits == label for _, p, label in held]
+    before_read = [shipped.read(p).digits for _, p, _ in held]
     after_read = [after.read(p).digits for _, p, _ in held]
+    before_right = [digits == label for digits, (_, _, label) in zip(before_read, held, strict=True)]
     after_right = [digits == label for digits, (_, _, label) in zip(after_read, held, strict=True)]
     metrics = result["metrics"]
     return {
@@ -133,12 +134,10 @@ def real_split(folder: Path, seed: int, mnist_dir: str | None, shipped: Recogniz
         "held_out_right_after": sum(after_right),
         "errors_fixed": sum(a and not b for b, a in zip(before_right, after_right, strict=True)),
         "new_errors": sum(b and not a for b, a in zip(before_right, after_right, strict=True)),
-        "changed": [  # held-out images now read otherwise, right or wrong: what to look at
-            f"{path.name}: {label}, read {'right' if right else digits or 'no digit'}"
-            for (_, path, label), was, right, digits in zip(
-                held, before_right, after_right, after_read, strict=True
-            )
-            if right != was
+        "changed": [  # held-out images now read otherwise: what to look at
+            f"{path.name}: {label}, read {was or 'no digit'} -> {now or 'no digit'}"
+            for (_, path, label), was, now in zip(held, before_read, after_read, strict=True)
+            if now != was
         ],
         "mnist_before": metrics["active_mnist"],
         "mnist_after": metrics["candidate_mnist"],

@@ -35,10 +35,11 @@ log = logging.getLogger(__name__)
 CONCURRENT_UPDATES = 32
 # Keep-alive connections to Telegram, shared by those updates. httpx scans its whole pool whenever a request
 # starts or ends (a syscall per idle connection): 32 connections cost about 8 ms of CPU a photo (bench.load).
-# 12 carry Telegram's flood limit, 30 answers a second of 3 requests each, at up to 130 ms a request; a
-# request that finds them all busy waits up to POOL_TIMEOUT for one, instead of failing after PTB's 1 s.
-CONNECTIONS = 12
-POOL_TIMEOUT = 30.0
+# 16 carry Telegram's flood limit, 30 answers a second of 3 requests each, at up to 180 ms a request; a
+# request that finds them all busy waits up to POOL_TIMEOUT for one, instead of failing after PTB's 1 s
+# (well within the 30 s a stop is given).
+CONNECTIONS = 16
+POOL_TIMEOUT = 10.0
 
 
 class StartError(Exception):

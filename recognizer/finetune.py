@@ -55,12 +55,13 @@ class TimeBudget(keras.callbacks.Callback):
             )
 
 
-def repeats(users: np.ndarray, mnist_samples: int, config: FineTuneConfig) -> np.ndarray:
-    """How often each corrected sample (given by its user) appears in the mix: oversampled towards
-    `feedback_share`, at most `max_repeats` times, and no user beyond `max_user_share` of that part."""
+def repeats(users: np.ndarray, others: int, config: FineTuneConfig) -> np.ndarray:
+    """How often each corrected sample (given by its user) appears in a mix with `others` other images:
+    oversampled towards `feedback_share`, at most `max_repeats` times, and no user beyond `max_user_share`
+    of that part."""
     if not len(users):
         return np.zeros(0, np.int64)
-    budget = config.feedback_share / (1 - config.feedback_share) * mnist_samples
+    budget = config.feedback_share / (1 - config.feedback_share) * others
     each = np.full(len(users), min(config.max_repeats, max(1, int(budget // len(users)))), np.int64)
     ids, counts = np.unique(users, return_counts=True)
     for user, count in zip(ids, counts, strict=True):

@@ -104,7 +104,7 @@ def test_repeats_are_capped_per_sample_and_per_user():
     assert one_user.min() >= 1
 
 
-def test_a_run_rehearses_the_writing_styles_training_added(mnist):
+def test_the_fine_tune_mix_rehearses_the_writing_styles_training_added(mnist):
     # Without them a run on MNIST forgot continental 1s: a real one read as 7 again (bench.learning).
     corrections = np.zeros((3, 28, 28), np.uint8)
     config = FineTuneConfig(mnist_samples=2_000)

@@ -64,6 +64,9 @@ def test_an_old_database_is_upgraded_in_place(db_url):
         )
     connect(db_url).dispose()  # a start with the new code: the newest schema, data kept
     assert store.is_banned(5) is False and store.claim_run("cli", LEASE) is not None
+    store.saw_user(5, "new")
+    with store.read() as s:
+        assert s.get(User, 5).name == "new"
     engine.dispose()
 
 
@@ -105,10 +108,11 @@ def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path):
     writer.execute("BEGIN IMMEDIATE")  # a writer holds the lock, e.g. a slow migration or the bot
     results = []
     reader = threading.Thread(
+        # The ban check too: every photo asks it.
         target=lambda: results.append(
             (store.stats().feedback, len(store.labelled_photos().photos), store.is_banned(1))
         ),
-        daemon=True,  # the ban check too: every photo asks it
+        daemon=True,
     )
     reader.start()
     reader.join(timeout=10)  # with BEGIN IMMEDIATE it would wait for the writer (30 s), then fail
@@ -117,6 +121,14 @@ def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path):
     reader.join()
     assert read_beside_the_writer and results == [(1, 1, False)]
     store.engine.dispose()
+
+
+def test_asking_whether_a_user_is_banned_writes_nothing(store):
+    assert store.is_banned(9) is False
+    with store.read() as s:
+        assert s.get(User, 9) is None
+    store.set_banned(9)
+    assert store.is_banned(9)
 
 
 def test_inputs_round_trip_compactly(store):
