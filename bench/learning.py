@@ -94,12 +94,17 @@ def fresh_store(data_dir: Path) -> Store:
     return store
 
 
+def source(file: str) -> str:
+    """Who wrote an image: the part of its file name before "__" (one source = one writer)."""
+    return file.split("__")[0]
+
+
 def writers(folder: Path) -> dict[str, list[tuple[Path, str]]]:
     """source -> [(image, label)], sources with at least MIN_IMAGES_PER_WRITER images."""
     by_source = defaultdict(list)
     with open(folder / "labels.csv", newline="") as f:
         for row in csv.DictReader(f):
-            by_source[row["file"].split("__")[0]].append((folder / row["file"], row["label"]))
+            by_source[source(row["file"])].append((folder / row["file"], row["label"]))
     return {s: images for s, images in sorted(by_source.items()) if len(images) >= MIN_IMAGES_PER_WRITER}
 
 
@@ -111,7 +116,7 @@ def slanted(folder: Path, out: Path) -> Path:
         labels = csv.writer(g)
         labels.writerow(["file", "label"])
         for row in csv.DictReader(f):
-            turn = zlib.crc32(row["file"].split("__")[0].encode())  # the same for all of a writer's images
+            turn = zlib.crc32(source(row["file"]).encode())  # the same for all of a writer's images
             angle = (30 + turn % 16) * (1 if turn % 2 else -1)
             gray = np.asarray(ImageOps.exif_transpose(Image.open(folder / row["file"])).convert("L"))
             paper = int(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))

@@ -112,17 +112,19 @@ class Recognizer:
         """The digits in a photo, from its segmentations (preprocess.segmentations), read by the model."""
         crops = [crop for option in options for crop in option.crops]
         if not crops:
-            return self._reading([], [])
-        predictions = self.classify(np.stack([crop.image for crop in crops]))  # all in one model call
+            return self._reading([], [], np.zeros((0, 28, 28), np.float32))
+        inputs = np.stack([crop.image for crop in crops])
+        predictions = self.classify(inputs)  # all in one model call
         readings, start = [], 0
         for option in options:
-            readings.append(self._reading(option.crops, predictions[start : start + len(option.crops)]))
-            start += len(option.crops)
+            end = start + len(option.crops)
+            readings.append(self._reading(option.crops, predictions[start:end], inputs[start:end]))
+            start = end
         return choose(readings)
 
-    def _reading(self, crops: list[DigitCrop], predictions: list[Prediction]) -> Reading:
+    def _reading(self, crops: list[DigitCrop], predictions: list[Prediction], inputs: np.ndarray) -> Reading:
         if not crops:
-            return Reading("", 0.0, "no_digit", [], np.zeros((0, 28, 28), np.float32))
+            return Reading("", 0.0, "no_digit", [], inputs)
         items = [
             DigitReading(p.digit, p.confidence, p.probabilities, crop.box)
             for p, crop in zip(predictions, crops, strict=True)
@@ -133,7 +135,7 @@ class Recognizer:
             confidence=float(np.prod([item.confidence for item in items])),
             status="ok" if confident else "unsure",
             items=items,
-            inputs=np.stack([crop.image for crop in crops]),
+            inputs=inputs,
         )
 
 
