@@ -11,9 +11,8 @@ retrain` and the bot run), and everything is read again.
 Fonts (no `--real`): simulated users write like handwriting fonts; they correct photos in half of the
 fonts, and the fresh photos measured before and after are in the other half, never corrected.
 
-Slanted writers (`--real DIR --slant`): the same, on copies of the images where each writer's are all turned
-by one angle of 30-45 degrees, either way: a writer's slant, which the pipeline misreads often enough to
-learn from (the dev set is read 100% right as it is, 89% turned).
+Slanted or ruled writers: the same, on a copy of the folder that `bench.variants` made (the dev set is read
+100% right as it is; turned by each writer's slant 89%, on ruled paper 84%): errors to learn from.
 
 Writing styles (`--styles`): one run with no feedback at all; continental 1s and crossed 7s drawn from the
 MNIST test set's 1s and 7s (a seed training does not use) read before and after. A run must not forget
@@ -22,7 +21,9 @@ what training added to MNIST.
 Poisoning (`--poison N`): N accounts send `--photos` photos of MNIST test digits, each "corrected" to the
 next digit.
 
-    python -m bench.learning --real ../shared/data/realworld-dev [--splits 3] [--slant] [--mnist-dir DIR]
+    python -m bench.learning --real ../shared/data/realworld-dev [--splits 3] [--mnist-dir DIR]
+    python -m bench.variants ruled ../shared/data/realworld-dev /tmp/ruled
+    python -m bench.learning --real /tmp/ruled
     python -m bench.learning [--photos 300] [--mnist-dir DIR]
     python -m bench.learning --styles
     python -m bench.learning --poison 1 [--photos 300]
@@ -35,13 +36,12 @@ import csv
 import json
 import tempfile
 import time
-import zlib
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
+from bench.variants import source
 from bot.learning import retrain
 from bot.model_store import install_shipped_model, load_active
 from bot.settings import load_settings
@@ -94,11 +94,6 @@ def fresh_store(data_dir: Path) -> Store:
     return store
 
 
-def source(file: str) -> str:
-    """Who wrote an image: the part of its file name before "__" (one source = one writer)."""
-    return file.split("__")[0]
-
-
 def writers(folder: Path) -> dict[str, list[tuple[Path, str]]]:
     """source -> [(image, label)], sources with at least MIN_IMAGES_PER_WRITER images."""
     by_source = defaultdict(list)
@@ -106,24 +101,6 @@ def writers(folder: Path) -> dict[str, list[tuple[Path, str]]]:
         for row in csv.DictReader(f):
             by_source[source(row["file"])].append((folder / row["file"], row["label"]))
     return {s: images for s, images in sorted(by_source.items()) if len(images) >= MIN_IMAGES_PER_WRITER}
-
-
-def slanted(folder: Path, out: Path) -> Path:
-    """Copies of the labelled images in `folder`, each writer's turned by its own angle (PNG, paper-coloured
-    corners), in `out` with their labels.csv."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(folder / "labels.csv", newline="") as f, open(out / "labels.csv", "w", newline="") as g:
-        labels = csv.writer(g)
-        labels.writerow(["file", "label"])
-        for row in csv.DictReader(f):
-            turn = zlib.crc32(source(row["file"]).encode())  # the same for all of a writer's images
-            angle = (30 + turn % 16) * (1 if turn % 2 else -1)
-            gray = np.asarray(ImageOps.exif_transpose(Image.open(folder / row["file"])).convert("L"))
-            paper = int(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
-            name = Path(row["file"]).stem + ".png"
-            Image.fromarray(gray).rotate(angle, Image.BILINEAR, expand=True, fillcolor=paper).save(out / name)
-            labels.writerow([name, row["label"]])
-    return out
 
 
 def real_split(folder: Path, seed: int, mnist_dir: str | None, shipped: Recognizer, tmp: Path) -> dict:
@@ -297,7 +274,6 @@ def main() -> None:
     )
     parser.add_argument("--real", type=Path, help="labelled real images (labels.csv), one source per writer")
     parser.add_argument("--splits", type=int, default=3, help="with --real: random halvings to run")
-    parser.add_argument("--slant", action="store_true", help="with --real: turn each writer's images")
     parser.add_argument("--photos", type=int, default=300, help="fonts: photos the users send and correct")
     parser.add_argument("--test-photos", type=int, default=300, help="fonts: fresh photos to measure on")
     parser.add_argument("--poison", type=int, metavar="ACCOUNTS", help="wrong corrections from N accounts")
@@ -312,9 +288,8 @@ def main() -> None:
         elif args.styles:
             print(json.dumps(styles_kept(args, shipped, Path(tmp)), indent=2))
         elif args.real:
-            folder = slanted(args.real, Path(tmp) / "slanted") if args.slant else args.real
             splits = [
-                real_split(folder, seed, args.mnist_dir, shipped, Path(tmp)) for seed in range(args.splits)
+                real_split(args.real, seed, args.mnist_dir, shipped, Path(tmp)) for seed in range(args.splits)
             ]
             print(json.dumps(splits, indent=2))
             print(real_table(splits))

@@ -141,8 +141,19 @@ def ink_map(gray: np.ndarray) -> InkMap:
 def ink_masks(ink: InkMap) -> Iterator[np.ndarray]:
     """Masks to cut into digits: the pipeline's first, then ones that keep what its thresholds may have
     dropped (line removal's cuts put back where they touch the strokes it left; all ink above its stroke
-    threshold; faint ink, the thin parts of a blurred stroke). The classifier chooses among them."""
+    threshold; faint ink, the thin parts of a blurred stroke). The classifier chooses among them.
+
+    None of them may put back a paper line: joined to every digit it crosses, it turns a 0 into an 8."""
     yield ink.mask
+    for mask in _more_ink(ink):
+        added = mask & ~ink.mask
+        # Line removal's own limit keeps a digit's straight strokes; the ink added here holds none, only
+        # the strokes' faint edges, and lines with theirs: twice as wide.
+        if not (added & ~remove_lines(added, widest=0.03)).any():
+            yield mask
+
+
+def _more_ink(ink: InkMap) -> Iterator[np.ndarray]:
     if ink.solid < MIN_INK_CONTRAST / 2:
         return
     raw = ink.contrast > 0.4 * ink.solid
@@ -185,8 +196,9 @@ def _level_runs(mask: np.ndarray, run: int) -> np.ndarray:
     return ndimage.uniform_filter1d(inside.astype(np.float32), run, axis=1) > 0.01
 
 
-def remove_lines(mask: np.ndarray) -> np.ndarray:
-    """Drop ruled or squared paper lines: thin ink that runs across most of the image.
+def remove_lines(mask: np.ndarray, widest: float = 0.015) -> np.ndarray:
+    """Drop ruled or squared paper lines: thin ink (at most `widest` of the image across it, and a pixel)
+    that runs across most of the image.
 
     Openings by a long segment at a few small slopes find straight runs (a photo of lined paper is rarely
     level, and its lines bow a little); runs that chain across the image and are thin are lines. Where a
@@ -213,7 +225,7 @@ def remove_lines(mask: np.ndarray) -> np.ndarray:
         for index, where in enumerate(ndimage.find_objects(labels), start=1):
             span = where[1].stop - where[1].start - run + 1
             # A paper line crosses the page; a digit's straight stroke (a 1, a 4's or 7's stem) stops.
-            accepted[index] = span >= LINE_SPAN * length and areas[index] / span <= 0.015 * height + 1
+            accepted[index] = span >= LINE_SPAN * length and areas[index] / span <= widest * height + 1
             widths += [areas[index] / span] if accepted[index] else []
         lines = line & accepted[labels]
         if lines.any():

@@ -1,0 +1,89 @@
+"""Copies of a labelled folder of real images, changed the same way for all of one writer's images: proxies
+with errors to learn from and to read, where the dev set itself is read 100% right. They are our
+transformations of real images, not new writers.
+
+- `slanted`: each writer's images turned by one angle of 30-45 degrees, either way (that writer's slant).
+- `ruled`: each writer's images on ruled paper: grey lines, a third as dark as black ink, from edge to edge,
+  5-8 to the image's height (a close crop of a notebook page).
+
+    python -m bench.variants slanted ../shared/data/realworld-dev /tmp/slanted
+    python -m bench.real /tmp/slanted
+    python -m bench.learning --real /tmp/slanted
+
+The folder holds images and `labels.csv` (file,label,...); file names give their source, one source = one
+writer (`<source>__<name>`), and the copies keep them (as PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+
+def source(file: str) -> str:
+    """Who wrote an image: the part of its file name before "__" (one source = one writer)."""
+    return file.split("__")[0]
+
+
+def _paper(gray: np.ndarray) -> int:
+    """The paper's gray level: the median of the image's edge."""
+    return int(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
+
+
+def slant(gray: np.ndarray, writer: int) -> np.ndarray:
+    angle = (30 + writer % 16) * (1 if writer % 2 else -1)
+    turned = Image.fromarray(gray).rotate(angle, Image.BILINEAR, expand=True, fillcolor=_paper(gray))
+    return np.asarray(turned)
+
+
+def rule(gray: np.ndarray, writer: int) -> np.ndarray:
+    paper = _paper(gray)
+    ink_is_dark = paper > 127
+    step = max(8, round(gray.shape[0] / (5 + writer % 4)))
+    width = max(1, gray.shape[0] // 200)
+    ruled = gray.astype(np.int16)
+    for top in range(writer % step, gray.shape[0], step):
+        band = ruled[top : top + width]
+        # A line drawn over the paper, under the ink: never lighter (on dark paper, darker) than the ink.
+        band[:] = np.minimum(band, paper - 85) if ink_is_dark else np.maximum(band, paper + 85)
+    return np.clip(ruled, 0, 255).astype(np.uint8)
+
+
+CHANGES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"slanted": slant, "ruled": rule}
+
+
+def changed(folder: Path, out: Path, change: Callable[[np.ndarray, int], np.ndarray]) -> Path:
+    """Copies of the labelled images in `folder`, each writer's changed alike, in `out` with labels.csv."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(folder / "labels.csv", newline="") as f, open(out / "labels.csv", "w", newline="") as g:
+        rows = csv.DictReader(f)
+        labels = csv.DictWriter(g, rows.fieldnames)
+        labels.writeheader()
+        for row in rows:
+            writer = zlib.crc32(source(row["file"]).encode())  # the same for all of a writer's images
+            gray = np.asarray(ImageOps.exif_transpose(Image.open(folder / row["file"])).convert("L"))
+            name = Path(row["file"]).stem + ".png"
+            Image.fromarray(change(gray, writer)).save(out / name)
+            labels.writerow({**row, "file": name})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("change", choices=sorted(CHANGES))
+    parser.add_argument("folder", type=Path, help="labelled real images (labels.csv)")
+    parser.add_argument("out", type=Path, help="where the copies go")
+    args = parser.parse_args()
+    changed(args.folder, args.out, CHANGES[args.change])
+
+
+if __name__ == "__main__":
+    main()
