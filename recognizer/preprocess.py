@@ -219,14 +219,17 @@ def remove_lines(mask: np.ndarray, widest: float = 0.015) -> np.ndarray:
         for slope in LINE_SLOPES:
             line |= _shear(_level_runs(_shear(along, slope), run), slope, sign=-1)
         # Pieces of one line found at different slopes, or broken where it bows, are chained across gaps.
-        labels, _ = ndimage.label(ndimage.maximum_filter(line, size=(3, run)))
-        areas = np.bincount(labels[line], minlength=labels.max() + 1)
-        accepted, widths = np.zeros(len(areas), bool), []
+        labels, count = ndimage.label(ndimage.maximum_filter(line, size=(3, run)))
+        accepted, widths = np.zeros(count + 1, bool), []
         for index, where in enumerate(ndimage.find_objects(labels), start=1):
             span = where[1].stop - where[1].start - run + 1
+            # How thick it is across, in most places: a line that runs into a level stroke (a 4's bar, a
+            # 2's foot) is chained with it, but stays a line along most of its length.
+            across = ((labels[where] == index) & line[where]).sum(axis=0)
+            width = float(np.median(across[across > 0]))
             # A paper line crosses the page; a digit's straight stroke (a 1, a 4's or 7's stem) stops.
-            accepted[index] = span >= LINE_SPAN * length and areas[index] / span <= widest * height + 1
-            widths += [areas[index] / span] if accepted[index] else []
+            accepted[index] = span >= LINE_SPAN * length and width <= widest * height + 1
+            widths += [width] if accepted[index] else []
         lines = line & accepted[labels]
         if lines.any():
             width = max(1, round(float(np.median(widths))))  # a line's width, across

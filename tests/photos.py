@@ -78,15 +78,20 @@ def thin_pen_on_tilted_lines(mnist, index: int) -> bytes:
     return encode(_rgb(photo), "JPEG", quality=85)
 
 
-def close_crop_on_ruled_paper(mnist, index: int, size: int = 160) -> bytes:
-    """A pen digit on ruled paper, cropped close: grey lines, a third as dark as the ink, run from edge to
+def close_crop_on_ruled_paper(mnist, index: int, size: int = 160, paper_level: float = 0.95) -> bytes:
+    """A pen digit on ruled paper, cropped close: grey lines, 0.3 darker than the paper, run from edge to
     edge through it."""
     glyph = mnist_glyph(mnist.x_test[index], int(size * 0.7))
-    paper = np.full((size, size), 0.95, np.float32)
+    paper = np.full((size, size), paper_level, np.float32)
     for y in range(size // 12, size, size // 6):
         paper[y : y + 2] -= 0.3
     ink = _place(paper, glyph, (size - glyph.shape[0]) // 2, (size - glyph.shape[1]) // 2)
     return encode(_rgb(paper * (1 - ink) + 0.05 * ink), "PNG")
+
+
+def close_crop_on_grey_ruled_paper(mnist, index: int) -> bytes:
+    """The same on grey paper in dim light: the lines are half as dark as the ink, above its threshold."""
+    return close_crop_on_ruled_paper(mnist, index, paper_level=0.65)
 
 
 def thick_marker_small_crop(mnist, index: int, size: int = 140) -> bytes:
