@@ -146,13 +146,13 @@ def choose(readings: list[Reading]) -> Reading:
     A blurred stroke below the pipeline's threshold, or a stroke taken away with a paper line, leaves a
     fragment that reads surely as something else (most of a 9 is a 3, a lone stroke a 1). So the reading
     that keeps the most ink and still reads surely wins; when the pipeline's reading is sure, only
-    segmentations of the same digits compete (as many, each around the pipeline's), not a table edge or a
+    segmentations of the same digits compete (around the pipeline's: see _around), not a table edge or a
     shadow that more ink lets in. Nothing sure: the surest guess, or "no digit" where the pipeline saw
     none."""
     first = readings[0]
     others = [reading for reading in readings[1:] if reading.digits]
     if first.status == "ok":
-        others = [reading for reading in others if _same_digits(first, reading)]
+        others = [reading for reading in others if _around(first, reading)]
     sure = [reading for reading in others if reading.status == "ok"]
     if sure:
         return sure[-1]
@@ -161,13 +161,20 @@ def choose(readings: list[Reading]) -> Reading:
     return first
 
 
-def _same_digits(reading: Reading, other: Reading) -> bool:
-    """As many digits, each of `reading`'s (mostly) inside the box of `other`'s."""
+def _inside(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Box `a` (mostly) inside box `b`."""
+    overlap = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return overlap >= 0.8 * (a[2] - a[0]) * (a[3] - a[1])
 
-    def inside(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-        overlap = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-        return overlap >= 0.8 * (a[2] - a[0]) * (a[3] - a[1])
 
-    return len(reading.items) == len(other.items) and all(
-        inside(a.box, b.box) for a, b in zip(reading.items, other.items, strict=True)
+def _around(first: Reading, other: Reading) -> bool:
+    """Does `other` read the pipeline's digits with more ink around them? As many digits, each of `first`'s
+    (mostly) inside the box of `other`'s; or fewer and surer, each of `first`'s inside one of `other`'s: a
+    digit that line removal or a faint stroke had broken into pieces, joined again."""
+    if len(other.items) == len(first.items):
+        return all(_inside(a.box, b.box) for a, b in zip(first.items, other.items, strict=True))
+    return (
+        len(other.items) < len(first.items)
+        and other.confidence > first.confidence
+        and all(any(_inside(a.box, b.box) for b in other.items) for a in first.items)
     )

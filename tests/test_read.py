@@ -7,6 +7,7 @@ import pytest
 
 from bot.cli import main
 from recognizer import Recognizer
+from recognizer.classify import DigitReading, Reading, choose
 from tests import photos
 from tests.photos import encode, synthetic_photo
 
@@ -125,3 +126,23 @@ def test_predict_plain_output(mnist, tmp_path, capsys):
     out = capsys.readouterr().out.strip()
     assert out.startswith(f"{photo}: 7 - ") and out.endswith("% sure")
     assert np.isfinite(float(out.rsplit(" - ", 1)[1].split("%")[0]))
+
+
+def _reading(digits: str, confidences: list[float], boxes: list[tuple[float, ...]]) -> Reading:
+    items = [
+        DigitReading(int(d), c, tuple(c if i == int(d) else (1 - c) / 9 for i in range(10)), box)
+        for d, c, box in zip(digits, confidences, boxes, strict=True)
+    ]
+    return Reading(digits, float(np.prod(confidences)), "ok", items, np.zeros((len(digits), 28, 28)))
+
+
+def test_a_broken_digit_joined_by_more_ink_wins_only_when_surer():
+    # A 0 that line removal cut in two reads "17" (each piece just sure enough); the mask that keeps more ink
+    # joins the pieces into one 0, read far more surely. A fine-tuned model read it "17" where the shipped
+    # one had read 0 (bench.learning on the ruled dev copy).
+    left, right, both = (0.30, 0.2, 0.48, 0.8), (0.52, 0.2, 0.70, 0.8), (0.28, 0.18, 0.72, 0.82)
+    broken = _reading("17", [0.85, 0.84], [left, right])
+    assert choose([broken, _reading("0", [1.0], [both])]).digits == "0"
+    # A number read surely stays a number when more ink (a smudge between its digits) joins it into one.
+    number = _reading("17", [0.99, 0.99], [left, right])
+    assert choose([number, _reading("0", [0.95], [both])]).digits == "17"
