@@ -36,23 +36,31 @@ def _paper(gray: np.ndarray) -> int:
     return int(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
 
 
-def slant(gray: np.ndarray, writer: int) -> np.ndarray:
-    angle = (30 + writer % 16) * (1 if writer % 2 else -1)
-    turned = Image.fromarray(gray).rotate(angle, Image.BILINEAR, expand=True, fillcolor=_paper(gray))
-    return np.asarray(turned)
+def slant(gray: np.ndarray, writer_seed: int) -> np.ndarray:
+    angle = (30 + writer_seed % 16) * (1 if writer_seed % 2 else -1)
+    resample = Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(gray).rotate(angle, resample, expand=True, fillcolor=_paper(gray)))
 
 
-def rule(gray: np.ndarray, writer: int) -> np.ndarray:
+def rule(gray: np.ndarray, writer_seed: int) -> np.ndarray:
     paper = _paper(gray)
     ink_is_dark = paper > 127
-    step = max(8, round(gray.shape[0] / (5 + writer % 4)))
+    step = max(8, round(gray.shape[0] / (5 + writer_seed % 4)))
     width = max(1, gray.shape[0] // 200)
     ruled = gray.astype(np.int16)
-    for top in range(writer % step, gray.shape[0], step):
+    for top in range(writer_seed % step, gray.shape[0], step):
         band = ruled[top : top + width]
-        # A line drawn over the paper, under the ink: never lighter (on dark paper, darker) than the ink.
+        # The line is printed on the paper and the ink written over it: where they meet, the ink stays.
         band[:] = np.minimum(band, paper - 85) if ink_is_dark else np.maximum(band, paper + 85)
     return np.clip(ruled, 0, 255).astype(np.uint8)
+
+
+def _gray(path: Path) -> np.ndarray:
+    """The image as 8-bit gray, upright, transparency onto white (as recognizer.images reads it)."""
+    image = ImageOps.exif_transpose(Image.open(path))
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    return np.asarray(image.convert("L"))
 
 
 CHANGES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"slanted": slant, "ruled": rule}
@@ -60,16 +68,20 @@ CHANGES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"slanted": slant,
 
 def changed(folder: Path, out: Path, change: Callable[[np.ndarray, int], np.ndarray]) -> Path:
     """Copies of the labelled images in `folder`, each writer's changed alike, in `out` with labels.csv."""
+    if out.resolve() == folder.resolve():
+        raise SystemExit("the copies must go to another folder than the images")
+    with open(folder / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = [Path(row["file"]).stem + ".png" for row in rows]
+    if len(set(names)) < len(names):
+        raise SystemExit("two images differ only in their extension: their PNG copies would be one file")
     out.mkdir(parents=True, exist_ok=True)
-    with open(folder / "labels.csv", newline="") as f, open(out / "labels.csv", "w", newline="") as g:
-        rows = csv.DictReader(f)
-        labels = csv.DictWriter(g, rows.fieldnames)
+    with open(out / "labels.csv", "w", newline="") as g:
+        labels = csv.DictWriter(g, list(rows[0]) if rows else ["file", "label"])
         labels.writeheader()
-        for row in rows:
-            writer = zlib.crc32(source(row["file"]).encode())  # the same for all of a writer's images
-            gray = np.asarray(ImageOps.exif_transpose(Image.open(folder / row["file"])).convert("L"))
-            name = Path(row["file"]).stem + ".png"
-            Image.fromarray(change(gray, writer)).save(out / name)
+        for row, name in zip(rows, names, strict=True):
+            writer_seed = zlib.crc32(source(row["file"]).encode())  # the same for all of a writer's images
+            Image.fromarray(change(_gray(folder / row["file"]), writer_seed)).save(out / name)
             labels.writerow({**row, "file": name})
     return out
 

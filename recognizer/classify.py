@@ -169,12 +169,13 @@ def _inside(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 
 def _around(first: Reading, other: Reading) -> bool:
     """Does `other` read the pipeline's digits with more ink around them? As many digits, each of `first`'s
-    (mostly) inside the box of `other`'s; or fewer and surer, each of `first`'s inside one of `other`'s: a
-    digit that line removal or a faint stroke had broken into pieces, joined again."""
+    (mostly) inside the box of `other`'s; or fewer, each made of some of `first`'s and surer than the least
+    sure of those: a digit that line removal or a faint stroke had broken into pieces, joined again."""
     if len(other.items) == len(first.items):
         return all(_inside(a.box, b.box) for a, b in zip(first.items, other.items, strict=True))
     return (
         len(other.items) < len(first.items)
-        and other.confidence > first.confidence
         and all(any(_inside(a.box, b.box) for b in other.items) for a in first.items)
+        and all(any(_inside(a.box, b.box) for a in first.items) for b in other.items)
+        and min(item.confidence for item in other.items) > min(item.confidence for item in first.items)
     )

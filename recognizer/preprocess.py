@@ -146,11 +146,20 @@ def ink_masks(ink: InkMap) -> Iterator[np.ndarray]:
     None of them may put back a paper line: joined to every digit it crosses, it turns a 0 into an 8."""
     yield ink.mask
     for mask in _more_ink(ink):
-        added = mask & ~ink.mask
-        # Line removal's own limit keeps a digit's straight strokes; the ink added here holds none, only
-        # the strokes' faint edges, and lines with theirs: twice as wide.
-        if not (added & ~remove_lines(added, widest=0.03)).any():
+        if not _puts_back_lines(mask & ~ink.mask, ink):
             yield mask
+
+
+def _puts_back_lines(added: np.ndarray, ink: InkMap) -> bool:
+    """Does the ink a mask adds hold paper lines? Lines are looked for away from the pipeline's strokes
+    (not in their faint edges), up to twice line removal's width (a faint line is wider at a low
+    threshold). Three or more of them are ruled paper: no digit has three level strokes. Fewer are paper
+    lines only if fainter than the strokes, as a printed line is lighter than a pen's: a thin 7's bar
+    across a close crop, taken for a line by line removal, is as dark as its stem."""
+    lines, count = find_lines(added & ~ndimage.binary_dilation(ink.mask, iterations=3), widest=0.03)
+    if not lines.any():
+        return False
+    return count >= 3 or float(np.median(ink.contrast[lines])) < 0.75 * ink.solid
 
 
 def _more_ink(ink: InkMap) -> Iterator[np.ndarray]:
@@ -174,8 +183,10 @@ def _may_have_lines(mask: np.ndarray, axis: int) -> bool:
     tilted, has ink in most of the columns (or rows) of one band a tenth of the image high."""
     height = max(8, mask.shape[1 - axis] // 10)
     across = mask.shape[1 - axis] // height * height
+    if not across:  # fewer rows than one band: an image a few pixels high holds no paper lines
+        return False
     bands = np.moveaxis(mask, 1 - axis, 0)[:across].reshape(across // height, height, -1).any(axis=1)
-    return bool(across) and bands.mean(axis=1).max() > 0.5 * LINE_SPAN
+    return bands.mean(axis=1).max() > 0.5 * LINE_SPAN
 
 
 @functools.lru_cache(maxsize=32)
@@ -196,19 +207,28 @@ def _level_runs(mask: np.ndarray, run: int) -> np.ndarray:
     return ndimage.uniform_filter1d(inside.astype(np.float32), run, axis=1) > 0.01
 
 
-def remove_lines(mask: np.ndarray, widest: float = 0.015) -> np.ndarray:
-    """Drop ruled or squared paper lines: thin ink (at most `widest` of the image across it, and a pixel)
-    that runs across most of the image.
+def remove_lines(mask: np.ndarray) -> np.ndarray:
+    """Drop ruled or squared paper lines (see find_lines), re-joining the strokes they crossed."""
+    cleaned = mask & ~find_lines(mask)[0]
+    if cleaned.sum() < mask.sum():
+        cleaned |= ndimage.binary_closing(cleaned, iterations=2) & mask
+    return cleaned
+
+
+def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, int]:
+    """Ruled or squared paper lines in `mask`: thin ink (at most `widest` of the image across it, and a
+    pixel at half resolution) that runs across most of the image. -> (their pixels, how many run one way).
 
     Openings by a long segment at a few small slopes find straight runs (a photo of lined paper is rarely
     level, and its lines bow a little); runs that chain across the image and are thin are lines. Where a
-    stroke crosses a line, the stroke is kept: the ink there reaches well beyond the line's own width.
+    stroke crosses a line, the stroke is not part of it: the ink there reaches well beyond the line's own
+    width.
     """
     # Lines are found at half resolution (2x2 blocks with any ink): a quarter of the work, and a thin line
     # stays a line.
     h, w = mask.shape[0] // 2 * 2, mask.shape[1] // 2 * 2
     small = mask[:h, :w].reshape(h // 2, 2, w // 2, 2).any(axis=(1, 3))
-    removed = np.zeros_like(small)
+    removed, most = np.zeros_like(small), 0
     for axis in (0, 1):
         if not _may_have_lines(small, axis):
             continue
@@ -236,11 +256,10 @@ def remove_lines(mask: np.ndarray, widest: float = 0.015) -> np.ndarray:
             crossing = ndimage.uniform_filter1d(along.astype(np.float32), 2 * width + 1, axis=0) > 0.99
             crossing = ndimage.maximum_filter1d(crossing, 2 * width + 1, axis=0)
             removed |= (lines & ~crossing) if axis == 1 else (lines & ~crossing).T
-    cleaned = mask.copy()
-    cleaned[:h, :w] &= ~np.repeat(np.repeat(removed, 2, axis=0), 2, axis=1)
-    if cleaned.sum() < mask.sum():  # re-join strokes that a removed line crossed
-        cleaned |= ndimage.binary_closing(cleaned, iterations=2) & mask
-    return cleaned
+            most = max(most, int(accepted.sum()))
+    found = np.zeros_like(mask)
+    found[:h, :w] = np.repeat(np.repeat(removed, 2, axis=0), 2, axis=1)
+    return found & mask, most
 
 
 def stroke_width(mask: np.ndarray) -> float:

@@ -139,14 +139,20 @@ def barely_darker_than_paper(mnist, index: int) -> bytes:
     return encode(_rgb(1 - (1 - gray) * 0.06 / 0.9), "PNG")
 
 
-def pen_strokes(strokes: list[list[tuple[float, float]]], width: int = 9, size: int = 320) -> bytes:
-    """Strokes drawn with a pen on white paper; points are (x, y) fractions of the `size`-pixel square."""
-    image = Image.new("L", (size, size), 245)
+def pen_strokes(
+    strokes: list[list[tuple[float, float]]], width: int = 9, size: tuple[int, int] = (320, 320)
+) -> bytes:
+    """Strokes drawn with a pen on white paper; points are (x, y) fractions of the image's (w, h)."""
+    image = Image.new("L", size, 245)
     draw = ImageDraw.Draw(image)
     for stroke in strokes:
-        draw.line([(x * size, y * size) for x, y in stroke], fill=30, width=width, joint="curve")
+        draw.line([(x * size[0], y * size[1]) for x, y in stroke], fill=30, width=width, joint="curve")
     return encode(image, "JPEG", quality=90)
 
 
 CONTINENTAL_ONE = [[(0.32, 0.40), (0.58, 0.15), (0.52, 0.85)]]  # a long up-stroke into the stem
 CROSSED_SEVEN = [[(0.3, 0.2), (0.7, 0.2), (0.45, 0.85)], [(0.42, 0.52), (0.7, 0.52)]]
+# Cropped close: the bar (or foot) runs across the whole crop, as a paper line does.
+SEVEN_ACROSS = [[(0.01, 0.08), (0.99, 0.08), (0.45, 0.98)]]
+CROSSED_SEVEN_ACROSS = [*SEVEN_ACROSS, [(0.35, 0.5), (0.9, 0.5)]]
+TWO_ACROSS = [[(0.1, 0.3), (0.3, 0.05), (0.7, 0.05), (0.88, 0.3), (0.01, 0.97), (0.99, 0.97)]]

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from recognizer.images import MAX_DECODED_PIXELS, MAX_PIXELS, WORK_SIZE, ImageError, decode_image
+from recognizer.preprocess import segmentations
 from tests.conftest import ROOT
 from tests.photos import digit_on_paper, encode
 
@@ -144,3 +145,12 @@ def test_truncated_jpeg_is_refused(seven, keep):
 def test_tiny_image_is_refused():
     with pytest.raises(ImageError, match="too small"):
         decode_image(encode(Image.new("L", (3, 3)), "PNG"))
+
+
+@pytest.mark.parametrize("size", [(8, 8), (10, 10), (15, 200), (200, 15)])
+def test_images_just_large_enough_are_segmented(size):
+    # Fewer rows (or columns) than one band of the look for paper lines: that look failed with a ValueError.
+    gray = np.full(size[::-1], 240, np.uint8)
+    gray[size[1] // 4 : 3 * size[1] // 4, size[0] // 2 - 1 : size[0] // 2 + 1] = 20
+    options = segmentations(decode_image(encode(Image.fromarray(gray), "PNG")))
+    assert len(options[0].crops) <= 1
