@@ -146,20 +146,24 @@ def ink_masks(ink: InkMap) -> Iterator[np.ndarray]:
     None of them may put back a paper line: joined to every digit it crosses, it turns a 0 into an 8."""
     yield ink.mask
     for mask in _more_ink(ink):
-        if not _puts_back_lines(mask & ~ink.mask, ink):
+        if not _puts_back_lines(mask, ink):
             yield mask
 
 
-def _puts_back_lines(added: np.ndarray, ink: InkMap) -> bool:
-    """Does the ink a mask adds hold paper lines? Lines are looked for away from the pipeline's strokes
-    (not in their faint edges), up to twice line removal's width (a faint line is wider at a low
-    threshold). Three or more of them are ruled paper: no digit has three level strokes. Fewer are paper
-    lines only if fainter than the strokes, as a printed line is lighter than a pen's: a thin 7's bar
-    across a close crop, taken for a line by line removal, is as dark as its stem."""
-    lines, count = find_lines(added & ~ndimage.binary_dilation(ink.mask, iterations=3), widest=0.03)
+def _puts_back_lines(mask: np.ndarray, ink: InkMap) -> bool:
+    """Does `mask` put paper lines back where the pipeline's mask has none? Lines are looked for in the ink
+    it adds (a line crossing a digit, broken by the strokes) and in the whole mask (where the strokes join
+    its pieces), at up to twice line removal's width: a faint line is wider at a low threshold. Three or
+    more are ruled paper: no digit has three level strokes. Fewer are paper lines if they are fainter than
+    the strokes away from them, as a printed line is lighter than a pen's: a thin 7's bar across a close
+    crop, taken for a line by line removal, is as dark as its stem."""
+    (in_added, added_count), (in_mask, mask_count) = (
+        find_lines(ink_in, widest=0.03) for ink_in in (mask & ~ink.mask, mask)
+    )
+    lines = (in_added | in_mask) & ~ndimage.binary_dilation(ink.mask, iterations=3)
     if not lines.any():
         return False
-    return count >= 3 or float(np.median(ink.contrast[lines])) < 0.75 * ink.solid
+    return max(added_count, mask_count) >= 3 or float(np.median(ink.contrast[lines])) < 0.75 * ink.solid
 
 
 def _more_ink(ink: InkMap) -> Iterator[np.ndarray]:
