@@ -43,7 +43,7 @@ import numpy as np
 
 from bench.variants import source
 from bot.learning import retrain
-from bot.model_store import install_shipped_model, load_active
+from bot.model_store import install_shipped_model, load_active, load_version
 from bot.settings import load_settings
 from recognizer import Recognizer
 from recognizer.augment import add_writing_styles
@@ -135,6 +135,11 @@ def real_split(folder: Path, seed: int, mnist_dir: str | None, shipped: Recogniz
         "report": result["report"],
         "corrected": len(corrected),
         "corrected_right_after": sum(after.read(p).digits == label for p, label in corrected),
+        "corrected_still_wrong": [
+            f"{p.name}: {label}, read {now or 'no digit'}"
+            for p, label in corrected
+            if (now := after.read(p).digits) != label
+        ],
         "held_out": len(held),
         "held_out_right_before": sum(before_right),
         "held_out_right_after": sum(after_right),
@@ -255,6 +260,15 @@ def poisoning(args: argparse.Namespace, shipped: Recognizer, tmp: Path) -> dict:
         photo = make_photo(label, "clean", rng, mnist.x_test, mnist.y_test, [])
         give_feedback(store, shipped, photo.jpeg, str((int(label) + 1) % 10), 666 + i % args.poison, False)
     result, seconds = one_run(tmp / "poison", args.mnist_dir)
+    # Did the lie take, promoted or not? Fresh photos of the same kind, read by the run's candidate.
+    candidate = load_version(store, store.model_versions()[-1], tmp / "poison", shipped.min_confidence)
+    fresh = [
+        make_photo(str(rng.integers(10)), "clean", rng, mnist.x_test, mnist.y_test, []) for _ in range(200)
+    ]
+    read = {
+        name: [model.read(p.jpeg).digits for p in fresh]
+        for name, model in (("before", shipped), ("candidate", candidate))
+    }
     return {
         "accounts": args.poison,
         "photos": args.photos,
@@ -265,6 +279,13 @@ def poisoning(args: argparse.Namespace, shipped: Recognizer, tmp: Path) -> dict:
         "mnist_before": result["metrics"]["active_mnist"],
         "mnist_after": result["metrics"]["candidate_mnist"],
         "active_version_after": store.active_model().version,
+        "fresh_photos_read_right": {
+            name: np.mean([d == p.label for d, p in zip(digits, fresh, strict=True)])
+            for name, digits in read.items()
+        },
+        "fresh_photos_read_as_the_lie": np.mean(
+            [d == str((int(p.label) + 1) % 10) for d, p in zip(read["candidate"], fresh, strict=True)]
+        ),
     }
 
 

@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from scipy import ndimage
 
+from recognizer.augment import mnist_glyph
+
 FONT_DIRS = [Path("/usr/share/fonts/truetype"), Path("/usr/share/fonts/opentype")]
 HANDWRITING_FONTS = [
     "dkg.ttf",
@@ -56,33 +58,6 @@ def find_fonts() -> list[Path]:
         for root in FONT_DIRS:
             found += sorted(root.rglob(name)) if root.is_dir() else []
     return found
-
-
-def mnist_glyph(image: np.ndarray, height: int, stroke: float = 1.0) -> np.ndarray:
-    """A 28x28 uint8 MNIST digit -> an ink mask `height` pixels tall (strokes scaled by `stroke`)."""
-    ys, xs = np.nonzero(image > 30)
-    crop = image[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32) / 255
-    scale = height / crop.shape[0]
-    big = np.asarray(
-        Image.fromarray(crop, "F").resize(
-            (max(2, round(crop.shape[1] * scale)), height), Image.Resampling.BICUBIC
-        )
-    )
-    mask = big > 0.45
-    if stroke != 1.0:
-        pad = int(scale * 3)
-        mask = np.pad(mask, pad)
-        change = abs(stroke - 1.0) * scale
-        mask = (
-            (
-                ndimage.distance_transform_edt(~mask) <= change
-                if stroke > 1
-                else ndimage.distance_transform_edt(mask) > change
-            )
-            if change >= 1
-            else mask
-        )
-    return ndimage.gaussian_filter(mask.astype(np.float32), 0.6)
 
 
 def font_glyph(char: str, font: Path, height: int) -> np.ndarray:

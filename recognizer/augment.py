@@ -2,7 +2,8 @@
 
 Geometry (rotation, shear, scale, shift), stroke thickness, hard thresholding, blur and sensor noise,
 applied to whole batches inside tf.data so the saved model stays plain Keras layers; and writing styles
-MNIST lacks (continental 1s and crossed 7s), added once to the training set.
+MNIST lacks (continental 1s and crossed 7s), added once to the training set. And MNIST digits drawn as ink
+of any size, to write on a page: a corrected photo's (recognizer/labelled.py), a synthetic photo's (bench).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from recognizer.preprocess import stroke_width, to_mnist
 
@@ -146,3 +148,41 @@ def add_writing_styles(
     if not made:
         return x, y
     return np.concatenate([x, np.stack(made)]), np.concatenate([y, np.array(labels, dtype=y.dtype)])
+
+
+def mnist_glyph(image: np.ndarray, height: int, stroke: float = 1.0) -> np.ndarray:
+    """A 28x28 uint8 MNIST digit -> an ink mask `height` pixels tall (strokes scaled by `stroke`)."""
+    ys, xs = np.nonzero(image > 30)
+    crop = image[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32) / 255
+    scale = height / crop.shape[0]
+    big = np.asarray(
+        Image.fromarray(crop, "F").resize(
+            (max(2, round(crop.shape[1] * scale)), height), Image.Resampling.BICUBIC
+        )
+    )
+    mask = big > 0.45
+    if stroke != 1.0:
+        pad = int(scale * 3)
+        mask = np.pad(mask, pad)
+        change = abs(stroke - 1.0) * scale
+        mask = (
+            (
+                ndimage.distance_transform_edt(~mask) <= change
+                if stroke > 1
+                else ndimage.distance_transform_edt(mask) > change
+            )
+            if change >= 1
+            else mask
+        )
+    return ndimage.gaussian_filter(mask.astype(np.float32), 0.6)
+
+
+def place(glyph: np.ndarray, shape: tuple[int, ...], top: int, left: int) -> np.ndarray:
+    """`glyph` on an empty image of `shape` (its first two sides), at (top, left), cut where it leaves it."""
+    out = np.zeros(shape[:2], np.float32)
+    if top >= out.shape[0] or left >= out.shape[1]:
+        return out
+    part = glyph[max(0, -top) : out.shape[0] - top, max(0, -left) : out.shape[1] - left]
+    top, left = max(0, top), max(0, left)
+    out[top : top + part.shape[0], left : left + part.shape[1]] = part
+    return out

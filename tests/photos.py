@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from bench.synth import make_photo, mnist_glyph
+from bench.synth import make_photo
+from recognizer.augment import mnist_glyph, place
 
 
 def encode(image: Image.Image, fmt: str, **params) -> bytes:
@@ -30,15 +31,6 @@ def synthetic_photo(mnist, label: str, variation: str, seed: int = 0) -> bytes:
     return make_photo(label, variation, np.random.default_rng(seed), mnist.x_test, mnist.y_test, []).jpeg
 
 
-def _place(canvas: np.ndarray, glyph: np.ndarray, top: int, left: int) -> np.ndarray:
-    """An ink mask in [0, 1] the size of `canvas`, `glyph` at (top, left), cut where it leaves the canvas."""
-    ink = np.zeros(canvas.shape[:2], np.float32)
-    part = glyph[max(0, -top) : ink.shape[0] - top, max(0, -left) : ink.shape[1] - left]
-    top, left = max(0, top), max(0, left)
-    ink[top : top + part.shape[0], left : left + part.shape[1]] = part
-    return ink
-
-
 def _rgb(gray_or_rgb: np.ndarray) -> Image.Image:
     return Image.fromarray((np.clip(gray_or_rgb, 0, 1) * 255).astype(np.uint8))
 
@@ -47,7 +39,7 @@ def big_canvas_drawing(mnist, index: int) -> bytes:
     """A clean black digit drawn with a thick brush on a big white canvas (1500x800 PNG)."""
     glyph = mnist_glyph(mnist.x_test[index], 520, stroke=1.6)
     canvas = np.ones((800, 1500), np.float32)
-    canvas -= _place(canvas, glyph, 140, 500)
+    canvas -= place(glyph, canvas.shape, 140, 500)
     return encode(_rgb(canvas), "PNG")
 
 
@@ -56,7 +48,7 @@ def faint_blurred_pen(mnist, index: int) -> bytes:
     h, w = 90, 75
     glyph = mnist_glyph(mnist.x_test[index], 60, stroke=1.5)
     beige = np.ones((h, w, 3), np.float32) * np.array([0.66, 0.62, 0.52])
-    ink = _place(beige, glyph, (h - glyph.shape[0]) // 2, (w - glyph.shape[1]) // 2)
+    ink = place(glyph, beige.shape, (h - glyph.shape[0]) // 2, (w - glyph.shape[1]) // 2)
     ink = ndimage.gaussian_filter(ink, 1.5)[..., None]
     photo = beige * (1 - 0.45 * ink) + np.random.default_rng(index).normal(0, 0.01, beige.shape)
     return encode(_rgb(photo), "JPEG", quality=85)
@@ -73,7 +65,7 @@ def thin_pen_on_tilted_lines(mnist, index: int) -> bytes:
         for x, y in zip(xx, ys, strict=True):
             if 0 <= int(y) < h - 2:
                 paper[int(y) : int(y) + 2, x] = [0.55, 0.65, 0.88]
-    ink = _place(paper, glyph, 260, 400)[..., None]
+    ink = place(glyph, paper.shape, 260, 400)[..., None]
     photo = paper * (1 - ink) + ink * np.array([0.1, 0.1, 0.2])
     return encode(_rgb(photo), "JPEG", quality=85)
 
@@ -85,7 +77,7 @@ def close_crop_on_ruled_paper(mnist, index: int, size: int = 160, paper_level: f
     paper = np.full((size, size), paper_level, np.float32)
     for y in range(size // 12, size, size // 6):
         paper[y : y + 2] -= 0.3
-    ink = _place(paper, glyph, (size - glyph.shape[0]) // 2, (size - glyph.shape[1]) // 2)
+    ink = place(glyph, paper.shape, (size - glyph.shape[0]) // 2, (size - glyph.shape[1]) // 2)
     return encode(_rgb(paper * (1 - ink) + 0.05 * ink), "PNG")
 
 
@@ -100,7 +92,7 @@ def thick_marker_small_crop(mnist, index: int, size: int = 140) -> bytes:
     rng = np.random.default_rng(index)
     texture = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), 2) * 0.06
     paper = np.array([0.98, 0.9, 0.55]) * (0.9 + texture)[..., None]
-    ink = _place(paper, glyph, (size - glyph.shape[0]) // 2, (size - glyph.shape[1]) // 2)[..., None]
+    ink = place(glyph, paper.shape, (size - glyph.shape[0]) // 2, (size - glyph.shape[1]) // 2)[..., None]
     photo = paper * (1 - ink) + ink * np.array([0.12, 0.1, 0.3])
     return encode(_rgb(photo), "JPEG", quality=85)
 
@@ -109,7 +101,7 @@ def soft_doubled_light_on_dark(mnist, index: int) -> bytes:
     """A light digit on a dark board, its edges soft and doubled (camera shake: a fainter second image)."""
     glyph = mnist_glyph(mnist.x_test[index], 260, stroke=1.3)
     board = np.full((480, 640), 0.18, np.float32)
-    ink = _place(board, glyph, 110, 250)
+    ink = place(glyph, board.shape, 110, 250)
     shaken = 0.65 * ink + 0.45 * np.roll(ink, (5, 7), axis=(0, 1))
     photo = board + 0.6 * ndimage.gaussian_filter(np.clip(shaken, 0, 1), 3)
     return encode(_rgb(photo), "JPEG", quality=85)
@@ -119,7 +111,7 @@ def tiny_in_corner(mnist, index: int, size: int = 44) -> bytes:
     """A tiny image (44 px) with a small digit in its top-left corner."""
     glyph = mnist_glyph(mnist.x_test[index], size // 2)
     canvas = np.ones((size, size), np.float32) * 0.9
-    canvas -= 0.8 * _place(canvas, glyph, 2, 3)
+    canvas -= 0.8 * place(glyph, canvas.shape, 2, 3)
     return encode(_rgb(canvas), "PNG")
 
 

@@ -8,15 +8,17 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from bot.learning import training_inputs
 from recognizer import Recognizer
 from recognizer.images import decode_image
-from recognizer.labelled import inputs_for_label, read_and_keep
+from recognizer.labelled import Page, inputs_for_label, on_their_page, read_and_keep
 from recognizer.prepare import photo_to_keep
+from recognizer.preprocess import ink_map, stroke_width
 from storage.db import connect, sqlite_url
 from storage.repository import Store
-from tests.photos import digit_on_paper, encode, synthetic_photo
+from tests.photos import digit_on_paper, encode, soft_doubled_light_on_dark, synthetic_photo
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +110,71 @@ def test_rows_from_before_photos_were_kept_use_their_crops_when_the_count_matche
     photos = {p.user_id: p for p in store.labelled_photos().photos}
     np.testing.assert_array_equal(training_inputs(shipped, photos[1]), mnist.x_test[:1])
     assert training_inputs(shipped, photos[2]) is None  # two digits asked, one crop stored, no photo
+
+
+def lined_five(mnist) -> np.ndarray:
+    return decode_image(synthetic_photo(mnist, "5", "lined", seed=5))
+
+
+def paper_lines(gray: np.ndarray) -> int:
+    """Ruled lines: bands of rows darker than the paper across nine tenths of the image (a line may tilt
+    by a pixel or two across it)."""
+    dark = ndimage.binary_dilation(gray < np.median(gray) - 0.1, structure=np.ones((5, 1), bool))
+    return ndimage.label(np.mean(dark, axis=1) > 0.9)[1]
+
+
+def test_an_erased_digit_leaves_its_paper_lines_running_through(mnist, shipped):
+    gray = lined_five(mnist)
+    ink = ink_map(gray)
+    assert paper_lines(gray) >= 5 and shipped.read(gray).digits == "5"
+    blank = Page.erase(gray, ink, [ink.mask]).blank
+    assert shipped.read(blank).status == "no_digit"
+    assert paper_lines(blank) == paper_lines(gray)
+
+
+def pen(gray: np.ndarray) -> tuple[float, float, tuple[float, float], float]:
+    """A photo's one digit: height, stroke width, centre of mass (pixels), ink contrast."""
+    ink = ink_map(gray)
+    rows = np.flatnonzero(ink.mask.any(axis=1))
+    return rows[-1] - rows[0] + 1, stroke_width(ink.mask), ndimage.center_of_mass(ink.mask), ink.solid
+
+
+@pytest.mark.parametrize("photo", ["lined five", "light on dark"])
+def test_a_digit_is_written_in_place_of_another_in_the_writers_pen(mnist, shipped, photo):
+    gray = lined_five(mnist) if photo == "lined five" else decode_image(soft_doubled_light_on_dark(mnist, 4))
+    ink = ink_map(gray)
+    three = mnist.x_train[mnist.y_train == 3][0]
+    written = Page.erase(gray, ink, [ink.mask]).write([three])
+    assert shipped.read(written).digits == "3"
+    (height, width, (y, x), contrast), (was_height, was_width, (was_y, was_x), was_contrast) = (
+        pen(written),
+        pen(gray),
+    )
+    assert abs(height - was_height) <= 0.1 * was_height
+    assert abs(width - was_width) <= 0.3 * was_width and abs(contrast - was_contrast) <= 0.2 * was_contrast
+    assert np.hypot(y - was_y, x - was_x) <= 0.1 * was_height
+    if photo == "lined five":
+        assert paper_lines(written) == paper_lines(gray)
+
+
+def test_a_corrected_page_gives_mnist_digits_with_their_own_labels(mnist, shipped):
+    photo = png(lined_five(mnist))
+    threes = (mnist.x_train[mnist.y_train == 3][:50], np.full(50, 3))
+    inputs, labels = on_their_page(shipped, photo, "5", threes, times=6, rng=np.random.default_rng(0))
+    assert inputs.shape == (6, 28, 28) and inputs.dtype == np.uint8 and labels.tolist() == [3] * 6
+    read = [shipped.classify(x / 255).digit for x in inputs]
+    assert read.count(3) >= 5, read  # the 3s written, not the 5 that was there
+    again = on_their_page(shipped, photo, "5", threes, times=6, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(again[0], inputs)  # the same feedback gives the same pages
+    blank = png(np.ones((300, 400), np.float32))  # no digit to write over: nothing, no error
+    inputs, labels = on_their_page(shipped, blank, "7", threes, 6, np.random.default_rng(0))
+    assert inputs.shape == (0, 28, 28) and labels.shape == (0,)
+
+
+def test_a_number_page_gives_as_many_labelled_digits(mnist, shipped):
+    digits = (mnist.x_train[:500], mnist.y_train[:500])
+    photo = synthetic_photo(mnist, "2024", "lined", seed=4)
+    inputs, labels = on_their_page(shipped, photo, "2024", digits, times=5, rng=np.random.default_rng(1))
+    assert len(inputs) == len(labels) and len(labels) % 4 == 0 and len(labels) >= 8
+    read = shipped.probabilities(inputs / 255).argmax(axis=1)
+    assert (read == labels).mean() >= 0.8, (read, labels)

@@ -14,7 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from bot.learning import Sample, holdout_users
+import bot.learning
+from bot.learning import Sample, holdout_users, their_pages
 from bot.model_store import LiveModel, ModelIntegrityError, cache_path, install_shipped_model, load_active
 from recognizer import Recognizer
 from recognizer.finetune import FineTuneConfig, gate, judge, mcnemar_worse, repeats, training_mix
@@ -102,6 +103,31 @@ def test_repeats_are_capped_per_sample_and_per_user():
     one_user = repeats(np.full(300, 7), 20_000, config)
     assert one_user.sum() <= 0.25 * budget + 300  # one user alone cannot fill the corrections' part
     assert one_user.min() >= 1
+
+
+def test_pages_are_written_for_corrections_only_users_taking_turns_and_capped(monkeypatch, mnist):
+    def photo(feedback_id: int, user: int, confirmed: bool, image: bytes | None) -> Sample:
+        kept = LabelledPhoto(feedback_id, user, "8", confirmed, np.zeros((0, 28, 28), np.uint8), image, True)
+        return Sample(kept, np.zeros((1, 28, 28), np.uint8))
+
+    jpeg = synthetic_photo(mnist, "3", "lined", seed=1)  # "corrected" to 8: pages hold MNIST's own labels
+    samples = [photo(9, 1, False, jpeg), photo(8, 2, True, jpeg), photo(7, 3, False, None)]
+    samples += [photo(6, 1, False, jpeg), photo(5, 4, False, jpeg)]  # newest first, as they are stored
+    shipped = Recognizer.load()
+    monkeypatch.setattr(bot.learning, "MAX_PAGE_DIGITS_PER_RUN", 2)
+    images, labels, users = their_pages(shipped, samples, mnist)
+    assert users.tolist() == [1, 4] and images.shape == (2, 28, 28) and images.dtype == np.uint8
+    monkeypatch.setattr(bot.learning, "MAX_PAGE_DIGITS_PER_RUN", 600)
+    images, labels, users = their_pages(shipped, samples[:1], mnist)
+    assert len(labels) == len(users) == 10 and set(users.tolist()) == {1}
+    read = shipped.probabilities(images / 255).argmax(axis=1)
+    assert (read == labels).sum() >= 8 and len(set(labels.tolist())) >= 4  # MNIST's digits and labels
+
+
+def test_an_odd_photo_costs_its_pages_not_the_run(mnist):
+    kept = LabelledPhoto(1, 1, "8", False, np.zeros((0, 28, 28), np.uint8), b"not an image", True)
+    images, labels, users = their_pages(Recognizer.load(), [Sample(kept, np.zeros((1, 28, 28)))], mnist)
+    assert images.shape == (0, 28, 28) and labels.shape == users.shape == (0,)
 
 
 def test_the_fine_tune_mix_rehearses_the_writing_styles_training_added(mnist):
@@ -326,6 +352,7 @@ def test_schedule_fires_and_skips_until_enough_corrections(fake, tmp_path, mnist
             time.sleep(1)
         run = store.last_run()
         assert run.trigger == "schedule" and run.status in {"promoted", "rejected"}
+        assert 20 <= run.metrics["page_digits"] <= 30  # MNIST digits written on the 3 corrected pages
         assert store.count_new_feedback() == 0
     finally:
         assert bot.stop() == 0

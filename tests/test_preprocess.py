@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from bench.synth import mnist_glyph
+from recognizer.augment import mnist_glyph
 from recognizer.images import decode_image
 from recognizer.preprocess import MNIST_STROKE, segmentations, stroke_width
 from tests.photos import digit_on_paper, encode, synthetic_photo
