@@ -144,11 +144,11 @@ class Page:
             glyph = _as_thick_as(mnist_glyph(image, int(rows[-1] - rows[0] + 1)), stroke_width(digit))
             cy, cx = ndimage.center_of_mass(digit)
             gy, gx = ndimage.center_of_mass(glyph)
-            ink = place(glyph, page.shape, round(cy - gy), round(cx - gx))
-            columns = np.flatnonzero(ink.max(axis=0) > 0.1)
+            placed = place(glyph, page.shape, round(cy - gy), round(cx - gx))
+            columns = np.flatnonzero(placed.max(axis=0) > 0.1)
             spans.append((columns[0], columns[-1]) if columns.size else (0, -1))
             # Where a stroke crosses a paper line, the darker of the two shows, as on paper.
-            drawn = self.paper - (1.0 if self.ink.dark_ink else -1.0) * self.ink.solid * ink
+            drawn = self.paper - (1.0 if self.ink.dark_ink else -1.0) * self.ink.solid * placed
             page = np.minimum(page, drawn) if self.ink.dark_ink else np.maximum(page, drawn)
         spans.sort()
         if any(right[0] <= left[1] + 1 for left, right in itertools.pairwise(spans)):
@@ -182,7 +182,7 @@ def _as_thick_as(glyph: np.ndarray, width: float) -> np.ndarray:
 
 def on_their_page(
     recognizer: Recognizer,
-    photo: bytes | np.ndarray,
+    photo: bytes,
     label: str,
     mnist: tuple[np.ndarray, np.ndarray],
     times: int,
@@ -194,7 +194,7 @@ def on_their_page(
     Why: what makes a writer's digits hard is mostly what all of them share, their paper (ruled), pen and
     light, while each is a different digit. Fine-tuned on one corrected 4, the model learns that one shape
     is a 4; on digits of every kind written on the same page, it learns to read that page."""
-    gray = photo if isinstance(photo, np.ndarray) else decode_image(photo)
+    gray = decode_image(photo)
     ink = ink_map(gray)
     found = _labelled_digits(recognizer, ink, label)
     inputs, labels = [np.zeros((0, 28, 28), np.uint8)], []
