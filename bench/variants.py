@@ -5,6 +5,7 @@ transformations of real images, not new writers.
 - `slanted`: each writer's images turned by one angle of 30-45 degrees, either way (that writer's slant).
 - `ruled`: each writer's images on ruled paper: grey lines, a third as dark as black ink, from edge to edge,
   5-8 to the image's height (a close crop of a notebook page).
+- `squared`: the same lines both ways, a square apart (squared paper, as many European schools use).
 
     python -m bench.variants slanted ../shared/data/realworld-dev /tmp/slanted
     python -m bench.real /tmp/slanted
@@ -42,17 +43,28 @@ def slant(gray: np.ndarray, writer_seed: int) -> np.ndarray:
     return np.asarray(Image.fromarray(gray).rotate(angle, resample, expand=True, fillcolor=_paper(gray)))
 
 
-def rule(gray: np.ndarray, writer_seed: int) -> np.ndarray:
-    paper = _paper(gray)
-    ink_is_dark = paper > 127
-    step = max(8, round(gray.shape[0] / (5 + writer_seed % 4)))
+def _lines(gray: np.ndarray, writer_seed: int, paper: int, step: int) -> np.ndarray:
+    """Level lines `step` apart across `gray`."""
     width = max(1, gray.shape[0] // 200)
     ruled = gray.astype(np.int16)
     for top in range(writer_seed % step, gray.shape[0], step):
         band = ruled[top : top + width]
         # The line is printed on the paper and the ink written over it: where they meet, the ink stays.
-        band[:] = np.minimum(band, paper - 85) if ink_is_dark else np.maximum(band, paper + 85)
+        band[:] = np.minimum(band, paper - 85) if paper > 127 else np.maximum(band, paper + 85)
     return np.clip(ruled, 0, 255).astype(np.uint8)
+
+
+def _step(gray: np.ndarray, writer_seed: int) -> int:
+    return max(8, round(gray.shape[0] / (5 + writer_seed % 4)))
+
+
+def rule(gray: np.ndarray, writer_seed: int) -> np.ndarray:
+    return _lines(gray, writer_seed, _paper(gray), _step(gray, writer_seed))
+
+
+def square(gray: np.ndarray, writer_seed: int) -> np.ndarray:
+    paper, step = _paper(gray), _step(gray, writer_seed)
+    return _lines(_lines(gray, writer_seed, paper, step).T, writer_seed // 7, paper, step).T
 
 
 def _gray(path: Path) -> np.ndarray:
@@ -63,7 +75,11 @@ def _gray(path: Path) -> np.ndarray:
     return np.asarray(image.convert("L"))
 
 
-CHANGES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"slanted": slant, "ruled": rule}
+CHANGES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    "slanted": slant,
+    "ruled": rule,
+    "squared": square,
+}
 
 
 def changed(folder: Path, out: Path, change: Callable[[np.ndarray, int], np.ndarray]) -> Path:

@@ -208,7 +208,9 @@ def _shear(mask: np.ndarray, slope: float, sign: int = 1) -> np.ndarray:
 def _level_runs(mask: np.ndarray, run: int) -> np.ndarray:
     """Pixels on a level run of ink at least `run` long: an opening by a `run`-long segment."""
     inside = ndimage.uniform_filter1d(mask.astype(np.float32), run, axis=1) > 0.99
-    return ndimage.uniform_filter1d(inside.astype(np.float32), run, axis=1) > 0.01
+    # An even-sized window is off centre by a pixel, the same way both times: the spread would reach one
+    # pixel past each run, and a run's ends must not grow it (a pixel past it, sheared back, is off it).
+    return (ndimage.uniform_filter1d(inside.astype(np.float32), run, axis=1) > 0.01) & mask
 
 
 def remove_lines(mask: np.ndarray) -> np.ndarray:
@@ -226,44 +228,67 @@ def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, int
     Openings by a long segment at a few small slopes find straight runs (a photo of lined paper is rarely
     level, and its lines bow a little); runs that chain across the image and are thin are lines. Where a
     stroke crosses a line, the stroke is not part of it: the ink there reaches well beyond the line's own
-    width.
+    width. Where two lines cross (squared paper), each is the other's crossing stroke: those squares go too.
     """
     # Lines are found at half resolution (2x2 blocks with any ink): a quarter of the work, and a thin line
     # stays a line.
     h, w = mask.shape[0] // 2 * 2, mask.shape[1] // 2 * 2
     small = mask[:h, :w].reshape(h // 2, 2, w // 2, 2).any(axis=(1, 3))
     removed, most = np.zeros_like(small), 0
+    both = []  # per axis (upright lines first): the lines removed from `small`, and their width
     for axis in (0, 1):
         if not _may_have_lines(small, axis):
             continue
         along = small if axis == 1 else small.T  # lines run along axis 1 from here on
-        height, length = along.shape
-        run = max(8, length // 8)
-        line = np.zeros_like(along)
-        for slope in LINE_SLOPES:
-            line |= _shear(_level_runs(_shear(along, slope), run), slope, sign=-1)
-        # Pieces of one line found at different slopes, or broken where it bows, are chained across gaps.
-        labels, count = ndimage.label(ndimage.maximum_filter(line, size=(3, run)))
-        accepted, widths = np.zeros(count + 1, bool), []
-        for index, where in enumerate(ndimage.find_objects(labels), start=1):
-            span = where[1].stop - where[1].start - run + 1
-            # How thick it is across, in most places: a line that runs into a level stroke (a 4's bar, a
-            # 2's foot) is chained with it, but stays a line along most of its length.
-            across = ((labels[where] == index) & line[where]).sum(axis=0)
-            width = float(np.median(across[across > 0]))
-            # A paper line crosses the page; a digit's straight stroke (a 1, a 4's or 7's stem) stops.
-            accepted[index] = span >= LINE_SPAN * length and width <= widest * height + 1
-            widths += [width] if accepted[index] else []
-        lines = line & accepted[labels]
-        if lines.any():
-            width = max(1, round(float(np.median(widths))))  # a line's width, across
+        lines, width, count = _lines_along(along, widest)
+        if count:
             crossing = ndimage.uniform_filter1d(along.astype(np.float32), 2 * width + 1, axis=0) > 0.99
             crossing = ndimage.maximum_filter1d(crossing, 2 * width + 1, axis=0)
-            removed |= (lines & ~crossing) if axis == 1 else (lines & ~crossing).T
-            most = max(most, int(accepted.sum()))
+            lines &= ~crossing
+            both.append((lines if axis == 1 else lines.T, width))
+            most = max(most, count)
+    for lines, _ in both:
+        removed |= lines
+    if len(both) == 2:  # the squares where lines cross, left out of both: each line's gap at the other
+        (upright, upright_width), (level, level_width) = both
+        across = ndimage.binary_dilation(level, [[1, 1, 1]], iterations=upright_width)
+        removed |= across & ndimage.binary_dilation(upright, [[1], [1], [1]], iterations=level_width)
     found = np.zeros_like(mask)
     found[:h, :w] = np.repeat(np.repeat(removed, 2, axis=0), 2, axis=1)
     return found & mask, most
+
+
+def _lines_along(along: np.ndarray, widest: float) -> tuple[np.ndarray, int, int]:
+    """The lines running along axis 1 of `along` (see find_lines) -> (their pixels, width, count)."""
+    height, length = along.shape
+    run = max(8, length // 8)
+    line = np.zeros_like(along)
+    for slope in LINE_SLOPES:
+        line |= _shear(_level_runs(_shear(along, slope), run), slope, sign=-1)
+    # Pieces of one line found at different slopes, or broken where it bows, are chained across gaps; so
+    # are the lines a digit's strokes touch.
+    chains, count = ndimage.label(ndimage.maximum_filter(line, size=(3, run)))
+    # A line is made of thin runs across (a pixel or a few) that reach across the page. Where a stroke
+    # crosses it, or a level stroke (a 4's bar, a 2's foot) runs along it, the run across is thick: not
+    # the line's, so it stays.
+    runs, run_count = ndimage.label(line, structure=[[0, 1, 0], [0, 1, 0], [0, 1, 0]])
+    rows, columns = np.nonzero(line)
+    run_at = runs[rows, columns]
+    run_column, run_chain = np.zeros(run_count + 1, np.intp), np.zeros(run_count + 1, np.intp)
+    run_column[run_at], run_chain[run_at] = columns, chains[rows, columns]
+    run_length = np.bincount(run_at, minlength=run_count + 1)
+    thin = (run_length > 0) & (run_length <= widest * height + 1)
+    first, last = np.full(count + 1, length), np.full(count + 1, -1)
+    np.minimum.at(first, run_chain[thin], run_column[thin])
+    np.maximum.at(last, run_chain[thin], run_column[thin])
+    # A paper line crosses the page; a digit's straight stroke (a 1, a 4's or 7's stem) stops.
+    accepted = last - first + 1 >= LINE_SPAN * length
+    accepted[0] = False
+    kept = thin & accepted[run_chain]
+    if not kept.any():
+        return np.zeros_like(along), 0, 0
+    width = max(1, round(float(np.median(run_length[kept]))))
+    return kept[runs], width, int(accepted.sum())
 
 
 def stroke_width(mask: np.ndarray) -> float:

@@ -70,13 +70,18 @@ def thin_pen_on_tilted_lines(mnist, index: int) -> bytes:
     return encode(_rgb(photo), "JPEG", quality=85)
 
 
-def close_crop_on_ruled_paper(mnist, index: int, size: int = 160, paper_level: float = 0.95) -> bytes:
+def close_crop_on_ruled_paper(
+    mnist, index: int, size: int = 160, paper_level: float = 0.95, squared: bool = False
+) -> bytes:
     """A pen digit on ruled paper, cropped close: grey lines, 0.3 darker than the paper, run from edge to
-    edge through it."""
+    edge through it (both ways on squared paper)."""
     glyph = mnist_glyph(mnist.x_test[index], int(size * 0.7))
-    paper = np.full((size, size), paper_level, np.float32)
+    lines = np.zeros((size, size), np.float32)
     for y in range(size // 12, size, size // 6):
-        paper[y : y + 2] -= 0.3
+        lines[y : y + 2] = 1
+    if squared:
+        lines = np.maximum(lines, lines.T)
+    paper = paper_level - 0.3 * lines
     ink = place(glyph, paper.shape, (size - glyph.shape[0]) // 2, (size - glyph.shape[1]) // 2)
     return encode(_rgb(paper * (1 - ink) + 0.05 * ink), "PNG")
 
@@ -84,6 +89,15 @@ def close_crop_on_ruled_paper(mnist, index: int, size: int = 160, paper_level: f
 def close_crop_on_grey_ruled_paper(mnist, index: int) -> bytes:
     """The same on grey paper in dim light: the lines are half as dark as the ink, above its threshold."""
     return close_crop_on_ruled_paper(mnist, index, paper_level=0.65)
+
+
+def close_crop_on_squared_paper(mnist, index: int) -> bytes:
+    """The same on squared paper (as many European schools use): each line crosses the others."""
+    return close_crop_on_ruled_paper(mnist, index, squared=True)
+
+
+def close_crop_on_grey_squared_paper(mnist, index: int) -> bytes:
+    return close_crop_on_ruled_paper(mnist, index, paper_level=0.65, squared=True)
 
 
 def thick_marker_small_crop(mnist, index: int, size: int = 140) -> bytes:

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from recognizer.augment import mnist_glyph
 from recognizer.images import decode_image
-from recognizer.preprocess import MNIST_STROKE, segmentations, stroke_width
+from recognizer.preprocess import MNIST_STROKE, remove_lines, segmentations, stroke_width
 from tests.photos import digit_on_paper, encode, synthetic_photo
 
 
@@ -48,6 +48,21 @@ def test_paper_lines_frame_edges_and_shadows_are_not_digits(mnist, variation):
     for seed in range(3):
         crops = pipeline(decode_image(synthetic_photo(mnist, "58", variation, seed))).crops
         assert len(crops) == 2, (variation, seed)
+
+
+def test_squared_paper_goes_with_its_crossings_and_lines_a_digit_touches(mnist):
+    eight = mnist_glyph(mnist.x_test[61], 150) > 0.5  # MNIST test image 61 is an 8
+    mask = np.zeros((200, 200), bool)
+    mask[::16] = mask[1::16] = True  # 1-2 pixels at half resolution, as the lines fall
+    mask |= mask.T
+    where = np.s_[25 : 25 + eight.shape[0], 10 : 10 + eight.shape[1]]
+    digit = np.zeros_like(mask)
+    digit[where] = eight
+    mask |= digit  # it touches about 10 lines each way
+    left = remove_lines(mask)
+    lines_left = left & ~ndimage.binary_dilation(digit, iterations=3)  # lines and crossings away from it
+    assert lines_left.sum() <= 0.002 * (mask & ~digit).sum()  # a few specks at most
+    assert (left & digit).sum() >= 0.95 * digit.sum()
 
 
 def test_broken_stroke_digit_is_one_digit(mnist):
