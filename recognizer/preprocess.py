@@ -8,6 +8,7 @@ keeping the aspect ratio, anti-alias, centre by centre of mass in 28x28
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -140,8 +141,9 @@ def ink_map(gray: np.ndarray) -> InkMap:
 
 def ink_masks(ink: InkMap) -> Iterator[np.ndarray]:
     """Masks to cut into digits: the pipeline's first, then ones that keep what its thresholds may have
-    dropped (line removal's cuts put back where they touch the strokes it left; all ink above its stroke
-    threshold; faint ink, the thin parts of a blurred stroke). The classifier chooses among them.
+    dropped (line removal's cuts put back where they bridge gaps in the strokes it left, not the stubs of
+    lines beside them; all ink above its stroke threshold; faint ink, the thin parts of a blurred stroke).
+    The classifier chooses among them.
 
     None of them may put back a paper line: joined to every digit it crosses, it turns a 0 into an 8."""
     yield ink.mask
@@ -172,7 +174,7 @@ def _more_ink(ink: InkMap) -> Iterator[np.ndarray]:
     raw = ink.contrast > 0.4 * ink.solid
     if (raw & ~ink.mask).any():  # else line removal took nothing: both masks would be the pipeline's
         if ink.mask.any():
-            yield ink.mask | (raw & ndimage.binary_dilation(ink.mask, iterations=4))
+            yield ink.mask | (raw & ndimage.binary_closing(ink.mask, iterations=4))
         if raw.mean() < 0.3:  # more ink than that is paper texture or lines, not a digit
             yield raw
     faint = ink.contrast > 0.25 * ink.solid
@@ -208,9 +210,9 @@ def _shear(mask: np.ndarray, slope: float, sign: int = 1) -> np.ndarray:
 def _level_runs(mask: np.ndarray, run: int) -> np.ndarray:
     """Pixels on a level run of ink at least `run` long: an opening by a `run`-long segment."""
     inside = ndimage.uniform_filter1d(mask.astype(np.float32), run, axis=1) > 0.99
-    # An even-sized window is off centre by a pixel, the same way both times: the spread would reach one
-    # pixel past each run, and a run's ends must not grow it (a pixel past it, sheared back, is off it).
-    return (ndimage.uniform_filter1d(inside.astype(np.float32), run, axis=1) > 0.01) & mask
+    # An even-sized window is a pixel off centre: spread back the other way, or each run would shift by one
+    # (a pixel past a run, sheared back, falls beside the line and makes it look thick there).
+    return ndimage.uniform_filter1d(inside.astype(np.float32), run, axis=1, origin=run % 2 - 1) > 0.01
 
 
 def remove_lines(mask: np.ndarray) -> np.ndarray:
@@ -223,12 +225,14 @@ def remove_lines(mask: np.ndarray) -> np.ndarray:
 
 def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, int]:
     """Ruled or squared paper lines in `mask`: thin ink (at most `widest` of the image across it, and a
-    pixel at half resolution) that runs across most of the image. -> (their pixels, how many run one way).
+    pixel at half resolution) that runs across most of the image. -> (their pixels, how many lines a
+    column or a row crosses, mostly: of the way with more).
 
     Openings by a long segment at a few small slopes find straight runs (a photo of lined paper is rarely
     level, and its lines bow a little); runs that chain across the image and are thin are lines. Where a
     stroke crosses a line, the stroke is not part of it: the ink there reaches well beyond the line's own
-    width. Where two lines cross (squared paper), each is the other's crossing stroke: those squares go too.
+    width. Where two lines cross (squared paper), each is the other's crossing stroke and leaves a gap in
+    it: a gap as narrow as the other line, in both, is a crossing and goes too.
     """
     # Lines are found at half resolution (2x2 blocks with any ink): a quarter of the work, and a thin line
     # stays a line.
@@ -249,13 +253,24 @@ def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, int
             most = max(most, count)
     for lines, _ in both:
         removed |= lines
-    if len(both) == 2:  # the squares where lines cross, left out of both: each line's gap at the other
+    if len(both) == 2:  # where lines cross, each left a gap as wide as the other: filled if both did
         (upright, upright_width), (level, level_width) = both
-        across = ndimage.binary_dilation(level, [[1, 1, 1]], iterations=upright_width)
-        removed |= across & ndimage.binary_dilation(upright, [[1], [1], [1]], iterations=level_width)
+        removed |= _between(level, upright_width, axis=1) & _between(upright, level_width, axis=0)
     found = np.zeros_like(mask)
     found[:h, :w] = np.repeat(np.repeat(removed, 2, axis=0), 2, axis=1)
     return found & mask, most
+
+
+def _between(mask: np.ndarray, reach: int, axis: int) -> np.ndarray:
+    """Pixels with `mask` within `reach` pixels on both sides along `axis`, or the image's edge: a gap in a
+    line at most 2 * reach - 1 wide (a stroke crossing it leaves a wider one)."""
+    before, after = np.zeros_like(mask), np.zeros_like(mask)
+    line, ahead, behind = (np.moveaxis(array, axis, 0) for array in (mask, before, after))
+    ahead[:reach] = behind[-reach:] = True
+    for shift in range(1, reach + 1):
+        ahead[shift:] |= line[:-shift]
+        behind[:-shift] |= line[shift:]
+    return before & after
 
 
 def _lines_along(along: np.ndarray, widest: float) -> tuple[np.ndarray, int, int]:
@@ -266,18 +281,19 @@ def _lines_along(along: np.ndarray, widest: float) -> tuple[np.ndarray, int, int
     for slope in LINE_SLOPES:
         line |= _shear(_level_runs(_shear(along, slope), run), slope, sign=-1)
     # Pieces of one line found at different slopes, or broken where it bows, are chained across gaps; so
-    # are the lines a digit's strokes touch.
+    # are the lines a digit's strokes touch, and a stroke beside a line.
     chains, count = ndimage.label(ndimage.maximum_filter(line, size=(3, run)))
     # A line is made of thin runs across (a pixel or a few) that reach across the page. Where a stroke
-    # crosses it, or a level stroke (a 4's bar, a 2's foot) runs along it, the run across is thick: not
-    # the line's, so it stays.
+    # crosses it, or a level stroke touches it along its length (a 4's bar, a 2's foot), the run across is
+    # thick: not the line's, so it stays.
     runs, run_count = ndimage.label(line, structure=[[0, 1, 0], [0, 1, 0], [0, 1, 0]])
     rows, columns = np.nonzero(line)
     run_at = runs[rows, columns]
     run_column, run_chain = np.zeros(run_count + 1, np.intp), np.zeros(run_count + 1, np.intp)
     run_column[run_at], run_chain[run_at] = columns, chains[rows, columns]
     run_length = np.bincount(run_at, minlength=run_count + 1)
-    thin = (run_length > 0) & (run_length <= widest * height + 1)
+    thickest = widest * height + 1
+    thin = (run_length > 0) & (run_length <= thickest)
     first, last = np.full(count + 1, length), np.full(count + 1, -1)
     np.minimum.at(first, run_chain[thin], run_column[thin])
     np.maximum.at(last, run_chain[thin], run_column[thin])
@@ -288,7 +304,18 @@ def _lines_along(along: np.ndarray, widest: float) -> tuple[np.ndarray, int, int
     if not kept.any():
         return np.zeros_like(along), 0, 0
     width = max(1, round(float(np.median(run_length[kept]))))
-    return kept[runs], width, int(accepted.sum())
+    lines_crossed = int(np.median(np.bincount(run_column[kept], minlength=length)))  # by a column, mostly
+    # A thin stroke just beside a line (a 2's foot sitting on it, not touching) is chained with it: of thin
+    # runs side by side, the line's are on the longer piece, its gaps where other lines cross it bridged.
+    on_lines = kept[runs]
+    bridged = ndimage.binary_dilation(on_lines, [[1, 1, 1]], iterations=math.ceil(thickest))
+    pieces, _ = ndimage.label(bridged, structure=_EIGHT_CONNECTED)
+    piece_length = np.array([0] + [where[1].stop - where[1].start for where in ndimage.find_objects(pieces)])
+    length_at = np.where(on_lines, piece_length[pieces], 0)
+    # Chained runs are at most two rows apart, so a longer piece beside a run is within a run's length and
+    # two rows of it.
+    beside = ndimage.maximum_filter1d(length_at, 2 * math.ceil(thickest) + 5, axis=0) > length_at
+    return on_lines & ~beside, width, max(1, lines_crossed)
 
 
 def stroke_width(mask: np.ndarray) -> float:

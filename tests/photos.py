@@ -71,13 +71,13 @@ def thin_pen_on_tilted_lines(mnist, index: int) -> bytes:
 
 
 def close_crop_on_ruled_paper(
-    mnist, index: int, size: int = 160, paper_level: float = 0.95, squared: bool = False
+    mnist, index: int, size: int = 160, paper_level: float = 0.95, squared: bool = False, count: int = 6
 ) -> bytes:
-    """A pen digit on ruled paper, cropped close: grey lines, 0.3 darker than the paper, run from edge to
-    edge through it (both ways on squared paper)."""
+    """A pen digit on ruled paper, cropped close: `count` grey lines, 0.3 darker than the paper, run from
+    edge to edge through it (both ways on squared paper)."""
     glyph = mnist_glyph(mnist.x_test[index], int(size * 0.7))
     lines = np.zeros((size, size), np.float32)
-    for y in range(size // 12, size, size // 6):
+    for y in range(size // (2 * count), size, size // count):
         lines[y : y + 2] = 1
     if squared:
         lines = np.maximum(lines, lines.T)
@@ -91,13 +91,14 @@ def close_crop_on_grey_ruled_paper(mnist, index: int) -> bytes:
     return close_crop_on_ruled_paper(mnist, index, paper_level=0.65)
 
 
-def close_crop_on_squared_paper(mnist, index: int) -> bytes:
-    """The same on squared paper (as many European schools use): each line crosses the others."""
-    return close_crop_on_ruled_paper(mnist, index, squared=True)
-
-
 def close_crop_on_grey_squared_paper(mnist, index: int) -> bytes:
+    """The same on squared paper (as many European schools use): each line crosses the others."""
     return close_crop_on_ruled_paper(mnist, index, paper_level=0.65, squared=True)
+
+
+def close_crop_on_fine_squared_paper(mnist, index: int) -> bytes:
+    """Smaller squares: a stroke passes near more crossings."""
+    return close_crop_on_ruled_paper(mnist, index, paper_level=0.8, squared=True, count=9)
 
 
 def thick_marker_small_crop(mnist, index: int, size: int = 140) -> bytes:

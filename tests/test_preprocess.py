@@ -4,12 +4,12 @@ import itertools
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from recognizer.augment import mnist_glyph
 from recognizer.images import decode_image
-from recognizer.preprocess import MNIST_STROKE, remove_lines, segmentations, stroke_width
+from recognizer.preprocess import MNIST_STROKE, find_lines, remove_lines, segmentations, stroke_width
 from tests.photos import digit_on_paper, encode, synthetic_photo
 
 
@@ -53,7 +53,7 @@ def test_paper_lines_frame_edges_and_shadows_are_not_digits(mnist, variation):
 def test_squared_paper_goes_with_its_crossings_and_lines_a_digit_touches(mnist):
     eight = mnist_glyph(mnist.x_test[61], 150) > 0.5  # MNIST test image 61 is an 8
     mask = np.zeros((200, 200), bool)
-    mask[::16] = mask[1::16] = True  # 1-2 pixels at half resolution, as the lines fall
+    mask[::16] = mask[1::16] = True  # a pixel at half resolution
     mask |= mask.T
     where = np.s_[25 : 25 + eight.shape[0], 10 : 10 + eight.shape[1]]
     digit = np.zeros_like(mask)
@@ -63,6 +63,36 @@ def test_squared_paper_goes_with_its_crossings_and_lines_a_digit_touches(mnist):
     lines_left = left & ~ndimage.binary_dilation(digit, iterations=3)  # lines and crossings away from it
     assert lines_left.sum() <= 0.002 * (mask & ~digit).sum()  # a few specks at most
     assert (left & digit).sum() >= 0.95 * digit.sum()
+
+
+def pen(strokes, size: int, width: int) -> np.ndarray:
+    """A mask of pen strokes: polylines in fractions of the size."""
+    image = Image.new("1", (size, size), 0)
+    for stroke in strokes:
+        ImageDraw.Draw(image).line([(x * size, y * size) for x, y in stroke], fill=1, width=width)
+    return np.asarray(image)
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_a_stroke_beside_a_line_is_not_part_of_it(squared):
+    lines = np.zeros((480, 480), bool)
+    lines[7::40] = lines[8::40] = True
+    if squared:
+        lines |= lines.T
+    # A bar 4 pixels under a line (rows 287-288) across a stem, a 1 whose stem runs 5 pixels beside one
+    # (columns 247-248): chained with the line, as thin, but not on it.
+    for strokes in (
+        [[(0.25, 0.6125), (0.75, 0.6125)], [(0.57, 0.3), (0.57, 0.9)]],
+        [[(0.53, 0.2), (0.53, 0.8)]],
+    ):
+        digit = pen(strokes, 480, width=5)
+        assert (remove_lines(lines | digit) & digit).sum() >= 0.99 * digit.sum()
+
+
+def test_a_line_is_found_end_to_end():
+    mask = np.zeros((100, 300), bool)
+    mask[50:52, 20:290] = True  # a ruled line with a margin on both sides
+    np.testing.assert_array_equal(find_lines(mask)[0], mask)
 
 
 def test_broken_stroke_digit_is_one_digit(mnist):

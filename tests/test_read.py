@@ -48,6 +48,7 @@ def test_reads_photos(shipped, mnist, label, variation):
         (photos.close_crop_on_ruled_paper, [0, 2, 3, 8]),  # a segmentation with more ink read lines: 8s
         (photos.close_crop_on_grey_ruled_paper, [0, 1, 2, 3, 4, 5, 6]),  # lines chained by strokes were kept
         (photos.close_crop_on_grey_squared_paper, [0, 1, 3, 5]),  # and the crossings of squared paper
+        (photos.close_crop_on_fine_squared_paper, [12, 50, 58, 66, 92]),  # more ink put back lines' stubs
         (photos.thick_marker_small_crop, [0, 1, 2, 4]),
         (photos.soft_doubled_light_on_dark, [8, 25, 0, 1]),
         (photos.tiny_in_corner, [26, 0, 1, 2]),
