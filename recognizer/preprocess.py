@@ -235,9 +235,11 @@ def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, int
     it: a gap as narrow as the other line, in both, is a crossing and goes too.
     """
     # Lines are found at half resolution (2x2 blocks with any ink): a quarter of the work, and a thin line
-    # stays a line.
-    h, w = mask.shape[0] // 2 * 2, mask.shape[1] // 2 * 2
-    small = mask[:h, :w].reshape(h // 2, 2, w // 2, 2).any(axis=(1, 3))
+    # stays a line. An odd last row or column is a block of its own: a line may run along the edge.
+    h, w = mask.shape[0] + mask.shape[0] % 2, mask.shape[1] + mask.shape[1] % 2
+    even = np.zeros((h, w), bool)
+    even[: mask.shape[0], : mask.shape[1]] = mask
+    small = even.reshape(h // 2, 2, w // 2, 2).any(axis=(1, 3))
     removed, most = np.zeros_like(small), 0
     both = []  # per axis (upright lines first): the lines removed from `small`, and their width
     for axis in (0, 1):
@@ -246,7 +248,11 @@ def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, int
         along = small if axis == 1 else small.T  # lines run along axis 1 from here on
         lines, width, count = _lines_along(along, widest)
         if count:
-            crossing = ndimage.uniform_filter1d(along.astype(np.float32), 2 * width + 1, axis=0) > 0.99
+            # Beyond the image is paper: a line along its edge is not a stroke crossing it.
+            crossing = ndimage.uniform_filter1d(
+                along.astype(np.float32), 2 * width + 1, axis=0, mode="constant"
+            )
+            crossing = crossing > 0.99
             crossing = ndimage.maximum_filter1d(crossing, 2 * width + 1, axis=0)
             lines &= ~crossing
             both.append((lines if axis == 1 else lines.T, width))
@@ -256,8 +262,7 @@ def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, int
     if len(both) == 2:  # where lines cross, each left a gap as wide as the other: filled if both did
         (upright, upright_width), (level, level_width) = both
         removed |= _between(level, upright_width, axis=1) & _between(upright, level_width, axis=0)
-    found = np.zeros_like(mask)
-    found[:h, :w] = np.repeat(np.repeat(removed, 2, axis=0), 2, axis=1)
+    found = np.repeat(np.repeat(removed, 2, axis=0), 2, axis=1)[: mask.shape[0], : mask.shape[1]]
     return found & mask, most
 
 

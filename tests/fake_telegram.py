@@ -487,8 +487,13 @@ class BotProcess:
                 stderr=subprocess.STDOUT,
                 cwd=data_dir,
             )
+        # Started: commands set in post_init, then the updater's bootstrap (a webhook set, or deleted before
+        # polling). A stop signal before that lands in PTB's start-up, which cannot always shut down cleanly
+        # from there (exit status 2: "Event loop stopped before Future completed").
+        running = "setWebhook" if "DIGITBOT_WEBHOOK_URL" in (extra_env or {}) else "deleteWebhook"
         try:
             fake.wait_for("setMyCommands", timeout=120, after=mark)
+            fake.wait_for(running, timeout=120, after=mark)
         except AssertionError:
             self.process.kill()
             raise AssertionError(self.log()) from None

@@ -95,6 +95,14 @@ def test_a_line_is_found_end_to_end():
     np.testing.assert_array_equal(find_lines(mask)[0], mask)
 
 
+@pytest.mark.parametrize("width", [300, 301])
+def test_a_line_along_the_edge_is_a_line(width):
+    mask = np.zeros((200, width), bool)
+    mask[:, 50:54] = mask[:, 150:154] = True
+    mask[:, -5:] = True  # at the edge: beyond it is paper, not a stroke crossing it
+    np.testing.assert_array_equal(find_lines(mask)[0], mask)
+
+
 def test_broken_stroke_digit_is_one_digit(mnist):
     four = mnist_glyph(mnist.x_test[4], 180)  # MNIST test image 4 is a 4
     gap = four.shape[0] // 2
