@@ -386,19 +386,30 @@ def _digit_groups(mask: np.ndarray) -> list[np.ndarray]:
             groups.append(part)
     if not groups:
         return []
+    # A short fragment right beside a digit belongs to it: a 4's detached left stroke, a 7's loose bar. What
+    # is short is measured against the tallest digit so far: pieces of a broken stroke, joined, make a
+    # digit that the pieces below it are fragments of.
+    while pair := _fragment_beside_a_digit(groups):
+        fragment, digit = pair
+        digit.absorb(fragment)
+        groups.remove(fragment)
     tallest = max(g.height for g in groups)
-    # A short fragment right beside a digit belongs to it: a 4's detached left stroke, a 7's loose bar.
-    for fragment in sorted(groups, key=lambda g: g.height):
-        if fragment.height >= 0.6 * tallest or len(groups) == 1:
-            break
-        nearest = min((g for g in groups if g is not fragment), key=fragment.gap_to)
-        if fragment.gap_to(nearest) < 0.2 * tallest:
-            nearest.absorb(fragment)
-            groups.remove(fragment)
     groups = [g for g in groups if g.height >= 0.4 * tallest]  # dots, dashes, underlines
     if len(groups) > MAX_DIGITS:
         return []
     return [np.isin(labels, g.labels) for g in sorted(groups, key=lambda g: g.x0)]
+
+
+def _fragment_beside_a_digit(groups: list[_Marks]) -> tuple[_Marks, _Marks] | None:
+    """The shortest group that is short beside the tallest and near another group, and that group."""
+    tallest = max(g.height for g in groups)
+    for fragment in sorted(groups, key=lambda g: g.height):
+        if fragment.height >= 0.6 * tallest or len(groups) == 1:
+            return None
+        nearest = min((g for g in groups if g is not fragment), key=fragment.gap_to)
+        if fragment.gap_to(nearest) < 0.2 * tallest:
+            return fragment, nearest
+    return None
 
 
 def to_mnist(digit: np.ndarray) -> np.ndarray:

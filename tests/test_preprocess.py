@@ -113,6 +113,19 @@ def test_broken_stroke_digit_is_one_digit(mnist):
     assert len(pipeline(canvas).crops) == 1
 
 
+def test_a_slanted_stroke_in_pieces_is_one_digit():
+    """A thin 1 along a paper line loses most of it with the line: five short pieces, none overlapping the
+    next across. The top ones, joined, are a digit the lower pieces are fragments of, not two more 1s."""
+    page = Image.new("L", (518, 518), 235)
+    ImageDraw.Draw(page).line([(228, 103), (250, 344)], fill=20, width=4)
+    kept = np.zeros(518, bool)
+    for top, bottom in [(103, 116), (224, 248), (268, 288), (311, 318), (326, 344)]:
+        kept[top:bottom] = True
+    crops = pipeline(np.where(kept[:, None], gray(page), 235 / 255)).crops
+    assert len(crops) == 1
+    assert crops[0].box[1] < 0.2 and crops[0].box[3] > 0.66  # all of the stroke, top to bottom
+
+
 def test_number_comes_back_left_to_right(mnist):
     crops = pipeline(decode_image(synthetic_photo(mnist, "2024", "clean", seed=3))).crops
     assert len(crops) == 4
