@@ -11,8 +11,9 @@ retrain` and the bot run), and everything is read again.
 Fonts (no `--real`): simulated users write like handwriting fonts; they correct photos in half of the
 fonts, and the fresh photos measured before and after are in the other half, never corrected.
 
-Slanted or ruled writers: the same, on a copy of the folder that `bench.variants` made (the dev set is read
-100% right as it is; turned by each writer's slant 89%, on ruled paper 90%): errors to learn from.
+Slanted, narrow, ruled or squared writers: the same, on a copy of the folder that `bench.variants` made
+(the dev set is read 100% right as it is; turned by each writer's slant 89%, squeezed narrow 92%, on ruled
+or squared paper 99.5%): errors to learn from.
 
 Writing styles (`--styles`): one run with no feedback at all; continental 1s and crossed 7s drawn from the
 MNIST test set's 1s and 7s (a seed training does not use) read before and after. A run must not forget

@@ -6,6 +6,7 @@ transformations of real images, not new writers.
 - `ruled`: each writer's images on ruled paper: grey lines, a third as dark as black ink, from edge to edge,
   5-8 to the image's height (a close crop of a notebook page).
 - `squared`: the same lines both ways, a square apart (squared paper, as many European schools use).
+- `narrow`: each writer's images squeezed to 45-65% of their width (a writer of tall, narrow digits).
 
     python -m bench.variants slanted ../shared/data/realworld-dev /tmp/slanted
     python -m bench.real /tmp/slanted
@@ -67,6 +68,12 @@ def square(gray: np.ndarray, writer_seed: int) -> np.ndarray:
     return _lines(_lines(gray, writer_seed, paper, step).T, writer_seed // 7, paper, step).T
 
 
+def narrow(gray: np.ndarray, writer_seed: int) -> np.ndarray:
+    height, width = gray.shape
+    squeezed = max(8, round(width * (0.45 + writer_seed % 5 / 20)))
+    return np.asarray(Image.fromarray(gray).resize((squeezed, height), Image.Resampling.BILINEAR))
+
+
 def _gray(path: Path) -> np.ndarray:
     """The image as 8-bit gray, upright, transparency onto white (as recognizer.images reads it)."""
     image = ImageOps.exif_transpose(Image.open(path))
@@ -79,6 +86,7 @@ CHANGES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
     "slanted": slant,
     "ruled": rule,
     "squared": square,
+    "narrow": narrow,
 }
 
 

@@ -386,13 +386,7 @@ def _digit_groups(mask: np.ndarray) -> list[np.ndarray]:
             groups.append(part)
     if not groups:
         return []
-    # A short fragment right beside a digit belongs to it: a 4's detached left stroke, a 7's loose bar. What
-    # is short is measured against the tallest digit so far: pieces of a broken stroke, joined, make a
-    # digit that the pieces below it are fragments of.
-    while pair := _fragment_beside_a_digit(groups):
-        fragment, digit = pair
-        digit.absorb(fragment)
-        groups.remove(fragment)
+    _join_fragments(groups)
     tallest = max(g.height for g in groups)
     groups = [g for g in groups if g.height >= 0.4 * tallest]  # dots, dashes, underlines
     if len(groups) > MAX_DIGITS:
@@ -400,16 +394,25 @@ def _digit_groups(mask: np.ndarray) -> list[np.ndarray]:
     return [np.isin(labels, g.labels) for g in sorted(groups, key=lambda g: g.x0)]
 
 
-def _fragment_beside_a_digit(groups: list[_Marks]) -> tuple[_Marks, _Marks] | None:
-    """The shortest group that is short beside the tallest and near another group, and that group."""
-    tallest = max(g.height for g in groups)
-    for fragment in sorted(groups, key=lambda g: g.height):
-        if fragment.height >= 0.6 * tallest or len(groups) == 1:
-            return None
-        nearest = min((g for g in groups if g is not fragment), key=fragment.gap_to)
-        if fragment.gap_to(nearest) < 0.2 * tallest:
-            return fragment, nearest
-    return None
+def _join_fragments(groups: list[_Marks]) -> None:
+    """A short fragment right beside a digit belongs to it: a 4's detached left stroke, a 7's loose bar.
+    Short is against the tallest mark; once fragments have joined into a taller digit, pieces above or
+    below it that are short beside it join it too (a stroke broken along a paper line), but a mark beside
+    it, as high up, is the next digit."""
+    tallest = grown = max(g.height for g in groups)
+    joined = True
+    while joined:  # a piece too far from the digit before it grew may be near it now
+        joined = False
+        for fragment in sorted(groups, key=lambda g: g.height):
+            if fragment.height >= 0.6 * grown or len(groups) == 1:
+                break
+            digit = min((g for g in groups if g is not fragment), key=fragment.gap_to)
+            stacked = min(fragment.y1, digit.y1) <= max(fragment.y0, digit.y0)
+            measure = grown if stacked else tallest
+            if fragment.height < 0.6 * measure and fragment.gap_to(digit) < 0.2 * measure:
+                digit.absorb(fragment)
+                groups.remove(fragment)
+                grown, joined = max(grown, digit.height), True
 
 
 def to_mnist(digit: np.ndarray) -> np.ndarray:

@@ -126,6 +126,18 @@ def test_a_slanted_stroke_in_pieces_is_one_digit():
     assert crops[0].box[1] < 0.2 and crops[0].box[3] > 0.66  # all of the stroke, top to bottom
 
 
+def test_a_piece_below_a_digit_does_not_make_the_next_digit_a_fragment():
+    """Two 0s side by side, and a broken stroke's piece below the first: the first grows with it, and the
+    second, short beside it now, is still a digit of its own (it is as high up, not above or below)."""
+    mask = np.zeros((400, 400), bool)
+    for left in (100, 185):
+        mask[100:200, left : left + 60] = True
+        mask[106:194, left + 6 : left + 54] = False
+    mask[210:269, 85:95] = True
+    crops = pipeline(np.where(mask, 0.1, 0.9).astype(np.float32)).crops
+    assert len(crops) == 2
+
+
 def test_number_comes_back_left_to_right(mnist):
     crops = pipeline(decode_image(synthetic_photo(mnist, "2024", "clean", seed=3))).crops
     assert len(crops) == 4
