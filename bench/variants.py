@@ -7,6 +7,8 @@ transformations of real images, not new writers.
   5-8 to the image's height (a close crop of a notebook page).
 - `squared`: the same lines both ways, a square apart (squared paper, as many European schools use).
 - `narrow`: each writer's images squeezed to 45-65% of their width (a writer of tall, narrow digits).
+- `boxed`: a box drawn around each image's digit, as dark as black ink, a 30th of the image in from its edge
+  (a form's box, a border drawn around a canvas).
 
     python -m bench.variants slanted ../shared/data/realworld-dev /tmp/slanted
     python -m bench.real /tmp/slanted
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 
 def source(file: str) -> str:
@@ -74,6 +76,16 @@ def narrow(gray: np.ndarray, writer_seed: int) -> np.ndarray:
     return np.asarray(Image.fromarray(gray).resize((squeezed, height), Image.Resampling.BILINEAR))
 
 
+def box(gray: np.ndarray, writer_seed: int) -> np.ndarray:
+    height, width = gray.shape
+    inset, line = max(2, min(height, width) // 30), max(1, min(height, width) // 100)
+    paper = _paper(gray)
+    image = Image.fromarray(gray)
+    corners = [inset, inset, width - 1 - inset, height - 1 - inset]
+    ImageDraw.Draw(image).rectangle(corners, outline=max(0, paper - 150) if paper > 127 else 255, width=line)
+    return np.asarray(image)
+
+
 def _gray(path: Path) -> np.ndarray:
     """The image as 8-bit gray, upright, transparency onto white (as recognizer.images reads it)."""
     image = ImageOps.exif_transpose(Image.open(path))
@@ -87,6 +99,7 @@ CHANGES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
     "ruled": rule,
     "squared": square,
     "narrow": narrow,
+    "boxed": box,
 }
 
 

@@ -156,7 +156,8 @@ def _puts_back_lines(mask: np.ndarray, ink: InkMap) -> bool:
     """Does `mask` put paper lines back where the pipeline's mask has none? Lines are looked for in the ink
     it adds (a line crossing a digit, broken by the strokes) and in the whole mask (where the strokes join
     its pieces), at up to twice line removal's width: a faint line is wider at a low threshold. Three or
-    more are ruled paper: no digit has three level strokes. Fewer are paper lines if they are fainter than
+    more are ruled or squared paper, or a box around the digit (two each way): no digit has three level
+    strokes, nor a frame. Fewer are paper lines if they are fainter than
     the strokes away from them, as a printed line is lighter than a pen's: a thin 7's bar across a close
     crop, taken for a line by line removal, is as dark as its stem."""
     (in_added, added_count), (in_mask, mask_count) = (
@@ -226,7 +227,7 @@ def remove_lines(mask: np.ndarray) -> np.ndarray:
 def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, int]:
     """Ruled or squared paper lines in `mask`: thin ink (at most `widest` of the image across it, and a
     pixel at half resolution) that runs across most of the image. -> (their pixels, how many lines a
-    column or a row crosses, mostly: of the way with more).
+    column crosses, mostly, and a row: 1 for a line, 2 for a line each way, 4 for a box around the digit).
 
     Openings by a long segment at a few small slopes find straight runs (a photo of lined paper is rarely
     level, and its lines bow a little); runs that chain across the image and are thin are lines. Where a
@@ -240,7 +241,7 @@ def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, int
     even = np.zeros((h, w), bool)
     even[: mask.shape[0], : mask.shape[1]] = mask
     small = even.reshape(h // 2, 2, w // 2, 2).any(axis=(1, 3))
-    removed, most = np.zeros_like(small), 0
+    removed, crossed = np.zeros_like(small), 0
     both = []  # per axis (upright lines first): the lines removed from `small`, and their width
     for axis in (0, 1):
         if not _may_have_lines(small, axis):
@@ -256,26 +257,33 @@ def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, int
             crossing = ndimage.maximum_filter1d(crossing, 2 * width + 1, axis=0)
             lines &= ~crossing
             both.append((lines if axis == 1 else lines.T, width))
-            most = max(most, count)
+            crossed += count
     for lines, _ in both:
         removed |= lines
-    if len(both) == 2:  # where lines cross, each left a gap as wide as the other: filled if both did
+    if len(both) == 2:
         (upright, upright_width), (level, level_width) = both
-        removed |= _between(level, upright_width, axis=1) & _between(upright, level_width, axis=0)
+        (left, right), (above, below) = (
+            _beside(level, upright_width, axis=1),
+            _beside(upright, level_width, axis=0),
+        )
+        # Where lines cross, each left a gap as wide as the other: filled if both did. Where the sides of a
+        # box meet, each ends at the other: the corner goes too.
+        removed |= (left & right & above & below) | ((left ^ right) & (above ^ below))
     found = np.repeat(np.repeat(removed, 2, axis=0), 2, axis=1)[: mask.shape[0], : mask.shape[1]]
-    return found & mask, most
+    return found & mask, crossed
 
 
-def _between(mask: np.ndarray, reach: int, axis: int) -> np.ndarray:
-    """Pixels with `mask` within `reach` pixels on both sides along `axis`, or the image's edge: a gap in a
-    line at most 2 * reach - 1 wide (a stroke crossing it leaves a wider one)."""
+def _beside(mask: np.ndarray, reach: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels with `mask` (or the image's edge) within `reach` pixels before them along `axis`, and those
+    with it after them. Both: a gap in a line at most 2 * reach - 1 wide (a stroke crossing it leaves a
+    wider one); one: where a line ends."""
     before, after = np.zeros_like(mask), np.zeros_like(mask)
     line, ahead, behind = (np.moveaxis(array, axis, 0) for array in (mask, before, after))
     ahead[:reach] = behind[-reach:] = True
     for shift in range(1, reach + 1):
         ahead[shift:] |= line[:-shift]
         behind[:-shift] |= line[shift:]
-    return before & after
+    return before, after
 
 
 def _lines_along(along: np.ndarray, widest: float) -> tuple[np.ndarray, int, int]:
@@ -318,8 +326,10 @@ def _lines_along(along: np.ndarray, widest: float) -> tuple[np.ndarray, int, int
     piece_length = np.array([0] + [where[1].stop - where[1].start for where in ndimage.find_objects(pieces)])
     length_at = np.where(on_lines, piece_length[pieces], 0)
     # Chained runs are at most two rows apart, so a longer piece beside a run is within a run's length and
-    # two rows of it.
+    # two rows of it. A piece that reaches across the page itself is a line, whatever runs beside it (a
+    # box's side beside the image's edge).
     beside = ndimage.maximum_filter1d(length_at, 2 * math.ceil(thickest) + 5, axis=0) > length_at
+    beside &= length_at < LINE_SPAN * length
     return on_lines & ~beside, width, max(1, lines_crossed)
 
 

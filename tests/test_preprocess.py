@@ -103,6 +103,33 @@ def test_a_line_along_the_edge_is_a_line(width):
     np.testing.assert_array_equal(find_lines(mask)[0], mask)
 
 
+def test_a_line_beside_the_edge_is_a_line():
+    """A box's side 7 pixels from a line along the image's edge: both reach across the image, so neither is
+    a thin stroke beside the other."""
+    mask = np.zeros((364, 364), bool)
+    mask[12:352, 349:352] = True
+    mask[:, -1] = True
+    np.testing.assert_array_equal(find_lines(mask)[0], mask)
+
+
+def test_a_box_is_lines_corners_and_all():
+    mask = np.zeros((300, 300), bool)
+    mask[10:290, 10:290] = True
+    mask[13:287, 13:287] = False
+    np.testing.assert_array_equal(find_lines(mask)[0], mask)
+    assert find_lines(mask)[1] == 4  # two lines each way
+
+
+@pytest.mark.parametrize("index", range(10))
+def test_a_box_around_the_digit_is_not_part_of_it(mnist, index):
+    """A printed box around the digit, as dark as the ink (a form's box, a border drawn around a canvas):
+    its sides are paper lines, and its corners go with them, four lines more ink may not put back."""
+    page = digit_on_paper(mnist, index, size=(400, 400), height=240)
+    ImageDraw.Draw(page).rectangle([13, 13, 386, 386], outline=25, width=4)
+    for option in segmentations(gray(page)):  # the pipeline's, and every one the classifier may choose
+        assert [crop.box[1] > 0.1 and crop.box[3] < 0.9 for crop in option.crops] == [True]
+
+
 def test_broken_stroke_digit_is_one_digit(mnist):
     four = mnist_glyph(mnist.x_test[4], 180)  # MNIST test image 4 is a 4
     gap = four.shape[0] // 2
