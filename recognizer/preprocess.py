@@ -156,17 +156,40 @@ def _puts_back_lines(mask: np.ndarray, ink: InkMap) -> bool:
     """Does `mask` put paper lines back where the pipeline's mask has none? Lines are looked for in the ink
     it adds (a line crossing a digit, broken by the strokes) and in the whole mask (where the strokes join
     its pieces), at up to twice line removal's width: a faint line is wider at a low threshold. Three or
-    more are ruled or squared paper, or a box around the digit (two each way): no digit has three level
-    strokes, nor a frame. Fewer are paper lines if they are fainter than
-    the strokes away from them, as a printed line is lighter than a pen's: a thin 7's bar across a close
-    crop, taken for a line by line removal, is as dark as its stem."""
-    (in_added, added_count), (in_mask, mask_count) = (
+    more are ruled paper: no digit has three level strokes. Two or more each way, on all four sides of the
+    pipeline's ink, are a box around the digit. Other lines are paper lines if they are fainter than the
+    strokes away from them, as a printed line is lighter than a pen's: a thin 7's bar across a close crop,
+    taken for a line by line removal, is as dark as its stem."""
+    (in_added, added_counts), (in_mask, mask_counts) = (
         find_lines(ink_in, widest=0.03) for ink_in in (mask & ~ink.mask, mask)
     )
+    counts = np.maximum(added_counts, mask_counts)  # upright, level
     lines = (in_added | in_mask) & ~ndimage.binary_dilation(ink.mask, iterations=3)
     if not lines.any():
         return False
-    return max(added_count, mask_count) >= 3 or float(np.median(ink.contrast[lines])) < 0.75 * ink.solid
+    return (
+        counts.max() >= 3
+        or (counts.min() >= 2 and _around_all_sides(lines, ink.mask))
+        or float(np.median(ink.contrast[lines])) < 0.75 * ink.solid
+    )
+
+
+def _around_all_sides(lines: np.ndarray, inner: np.ndarray) -> bool:
+    """Do `lines` run above, below, left and right of most of the ink in `inner` (a digit may poke through
+    them)? A box around the digit does; a digit's own bar or stem, taken for a line, has strokes on both
+    sides of it. A level line is a band of rows, as tall as its tilt makes it, with line pixels across
+    half the image; an upright one the same, turned."""
+    ys, xs = np.nonzero(inner)
+    if ys.size == 0:
+        return False
+    sides = []
+    for along, ink_at in ((lines, ys), (lines.T, xs)):  # level lines, then upright ones
+        tilt = max(1, round(LINE_SLOPES[-1] * along.shape[1]))
+        band = ndimage.maximum_filter1d(along, tilt, axis=0).sum(axis=1) >= 0.5 * along.shape[1]
+        first, last = np.percentile(ink_at, [5, 95])
+        rows = np.flatnonzero(band)
+        sides += [(rows < first).any(), (rows > last).any()]
+    return all(sides)
 
 
 def _more_ink(ink: InkMap) -> Iterator[np.ndarray]:
@@ -224,10 +247,10 @@ def remove_lines(mask: np.ndarray) -> np.ndarray:
     return cleaned
 
 
-def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, int]:
+def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, tuple[int, int]]:
     """Ruled or squared paper lines in `mask`: thin ink (at most `widest` of the image across it, and a
-    pixel at half resolution) that runs across most of the image. -> (their pixels, how many lines a
-    column crosses, mostly, and a row: 1 for a line, 2 for a line each way, 4 for a box around the digit).
+    pixel at half resolution) that runs across most of the image. -> (their pixels, how many upright lines
+    a row crosses and how many level lines a column crosses, mostly).
 
     Openings by a long segment at a few small slopes find straight runs (a photo of lined paper is rarely
     level, and its lines bow a little); runs that chain across the image and are thin are lines. Where a
@@ -241,7 +264,7 @@ def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, int
     even = np.zeros((h, w), bool)
     even[: mask.shape[0], : mask.shape[1]] = mask
     small = even.reshape(h // 2, 2, w // 2, 2).any(axis=(1, 3))
-    removed, crossed = np.zeros_like(small), 0
+    removed, crossed = np.zeros_like(small), [0, 0]
     both = []  # per axis (upright lines first): the lines removed from `small`, and their width
     for axis in (0, 1):
         if not _may_have_lines(small, axis):
@@ -257,7 +280,7 @@ def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, int
             crossing = ndimage.maximum_filter1d(crossing, 2 * width + 1, axis=0)
             lines &= ~crossing
             both.append((lines if axis == 1 else lines.T, width))
-            crossed += count
+            crossed[axis] = count
     for lines, _ in both:
         removed |= lines
     if len(both) == 2:
@@ -270,7 +293,7 @@ def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, int
         # box meet, each ends at the other: the corner goes too.
         removed |= (left & right & above & below) | ((left ^ right) & (above ^ below))
     found = np.repeat(np.repeat(removed, 2, axis=0), 2, axis=1)[: mask.shape[0], : mask.shape[1]]
-    return found & mask, crossed
+    return found & mask, (crossed[0], crossed[1])
 
 
 def _beside(mask: np.ndarray, reach: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -406,9 +429,10 @@ def _digit_groups(mask: np.ndarray) -> list[np.ndarray]:
 
 def _join_fragments(groups: list[_Marks]) -> None:
     """A short fragment right beside a digit belongs to it: a 4's detached left stroke, a 7's loose bar.
-    Short is against the tallest mark; once fragments have joined into a taller digit, pieces above or
-    below it that are short beside it join it too (a stroke broken along a paper line), but a mark beside
-    it, as high up, is the next digit."""
+    Short is against the tallest digit, as it grows when fragments join it (a stroke broken along a paper
+    line, joined, is as tall as the digit was). Right beside is within a fifth of the tallest mark there was
+    before any joined, or of the grown digit for a piece above or below it: a whole digit grown by a
+    fragment must not take in the next one."""
     tallest = grown = max(g.height for g in groups)
     joined = True
     while joined:  # a piece too far from the digit before it grew may be near it now
@@ -417,9 +441,9 @@ def _join_fragments(groups: list[_Marks]) -> None:
             if fragment.height >= 0.6 * grown or len(groups) == 1:
                 break
             digit = min((g for g in groups if g is not fragment), key=fragment.gap_to)
-            stacked = min(fragment.y1, digit.y1) <= max(fragment.y0, digit.y0)
-            measure = grown if stacked else tallest
-            if fragment.height < 0.6 * measure and fragment.gap_to(digit) < 0.2 * measure:
+            # Above or below it: the ends of a slanted stroke's pieces, cut across, may overlap a little.
+            stacked = min(fragment.y1, digit.y1) - max(fragment.y0, digit.y0) < 0.2 * fragment.height
+            if fragment.gap_to(digit) < 0.2 * (grown if stacked else tallest):
                 digit.absorb(fragment)
                 groups.remove(fragment)
                 grown, joined = max(grown, digit.height), True

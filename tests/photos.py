@@ -147,11 +147,17 @@ def barely_darker_than_paper(mnist, index: int) -> bytes:
 
 
 def pen_strokes(
-    strokes: list[list[tuple[float, float]]], width: int = 9, size: tuple[int, int] = (320, 320)
+    strokes: list[list[tuple[float, float]]],
+    width: int = 9,
+    size: tuple[int, int] = (320, 320),
+    paper_lines: tuple[float, ...] = (),
 ) -> bytes:
-    """Strokes drawn with a pen on white paper; points are (x, y) fractions of the image's (w, h)."""
+    """Strokes drawn with a pen on white paper; points are (x, y) fractions of the image's (w, h). The paper
+    may have grey level lines, at `paper_lines` fractions of its height, under the strokes."""
     image = Image.new("L", size, 245)
     draw = ImageDraw.Draw(image)
+    for y in paper_lines:
+        draw.line([(0, y * size[1]), (size[0], y * size[1])], fill=130, width=2)
     for stroke in strokes:
         draw.line([(x * size[0], y * size[1]) for x, y in stroke], fill=30, width=width, joint="curve")
     return encode(image, "JPEG", quality=90)
@@ -162,4 +168,6 @@ CROSSED_SEVEN = [[(0.3, 0.2), (0.7, 0.2), (0.45, 0.85)], [(0.42, 0.52), (0.7, 0.
 # Cropped close: the bar (or foot) runs across the whole crop, as a paper line does.
 SEVEN_ACROSS = [[(0.01, 0.08), (0.99, 0.08), (0.45, 0.98)]]
 CROSSED_SEVEN_ACROSS = [*SEVEN_ACROSS, [(0.35, 0.5), (0.9, 0.5)]]
+UPRIGHT_SEVEN_ACROSS = [[(0.02, 0.06), (0.92, 0.06), (0.92, 0.98)]]
+FOUR_ACROSS = [[(0.3, 0.03), (0.04, 0.62), (0.97, 0.62)], [(0.68, 0.02), (0.68, 0.98)]]
 TWO_ACROSS = [[(0.1, 0.3), (0.3, 0.05), (0.7, 0.05), (0.88, 0.3), (0.01, 0.97), (0.99, 0.97)]]

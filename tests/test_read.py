@@ -83,6 +83,25 @@ def test_reads_a_thin_bar_across_a_close_crop(shipped, strokes, digit):
             assert shipped.read(photo).digits == digit, (height, width)
 
 
+@pytest.mark.parametrize(
+    ("strokes", "digit", "height", "width"),
+    [
+        (photos.FOUR_ACROSS, "4", 160, 2),
+        (photos.FOUR_ACROSS, "4", 240, 2),
+        (photos.FOUR_ACROSS, "4", 240, 3),
+        (photos.UPRIGHT_SEVEN_ACROSS, "7", 160, 3),
+        (photos.UPRIGHT_SEVEN_ACROSS, "7", 240, 2),
+        (photos.UPRIGHT_SEVEN_ACROSS, "7", 240, 3),
+    ],
+)
+def test_a_close_crop_on_a_paper_line_is_not_a_box(shipped, strokes, digit, height, width):
+    # Line removal takes the bar and the stem for lines; with a grey paper line, that is two lines one way
+    # and one the other, not a box around the digit: the segmentation that puts the strokes back counts.
+    for line in (0.4, 0.8):
+        photo = photos.pen_strokes(strokes, width, size=(int(height * 0.72), height), paper_lines=(line,))
+        assert shipped.read(photo).digits == digit, line
+
+
 def test_blank_page_is_no_digit(shipped):
     from PIL import Image
 
