@@ -429,10 +429,10 @@ def _digit_groups(mask: np.ndarray) -> list[np.ndarray]:
 
 def _join_fragments(groups: list[_Marks]) -> None:
     """A short fragment right beside a digit belongs to it: a 4's detached left stroke, a 7's loose bar.
-    Short is against the tallest digit, as it grows when fragments join it (a stroke broken along a paper
-    line, joined, is as tall as the digit was). Right beside is within a fifth of the tallest mark there was
-    before any joined, or of the grown digit for a piece above or below it: a whole digit grown by a
-    fragment must not take in the next one."""
+    Short and right beside are against the tallest mark: for a piece above or below the digit, the digit as
+    it grows when fragments join it (a stroke broken along a paper line, joined, is as tall as the digit
+    was); for a mark beside it, the tallest there was before any joined, so that a digit grown by a piece
+    below it does not take in the next digit of a number."""
     tallest = grown = max(g.height for g in groups)
     joined = True
     while joined:  # a piece too far from the digit before it grew may be near it now
@@ -443,7 +443,8 @@ def _join_fragments(groups: list[_Marks]) -> None:
             digit = min((g for g in groups if g is not fragment), key=fragment.gap_to)
             # Above or below it: the ends of a slanted stroke's pieces, cut across, may overlap a little.
             stacked = min(fragment.y1, digit.y1) - max(fragment.y0, digit.y0) < 0.2 * fragment.height
-            if fragment.gap_to(digit) < 0.2 * (grown if stacked else tallest):
+            limit = grown if stacked else tallest
+            if fragment.height < 0.6 * limit and fragment.gap_to(digit) < 0.2 * limit:
                 digit.absorb(fragment)
                 groups.remove(fragment)
                 grown, joined = max(grown, digit.height), True
