@@ -176,9 +176,9 @@ def _puts_back_lines(mask: np.ndarray, ink: InkMap) -> bool:
 
 def _around_all_sides(lines: np.ndarray, inner: np.ndarray) -> bool:
     """Do `lines` run above, below, left and right of most of the ink in `inner` (a digit may poke through
-    them)? A box around the digit does; a digit's own bar or stem, taken for a line, has strokes on both
-    sides of it. A level line is a band of rows, as tall as its tilt makes it, with line pixels across
-    half the image; an upright one the same, turned."""
+    them), clear of it? A box around the digit does; a digit's own bar or stem, taken for a line, has
+    strokes on both sides of it. A level line is a band of rows, as tall as its tilt makes it, with line
+    pixels across half the image; an upright one the same, turned."""
     ys, xs = np.nonzero(inner)
     if ys.size == 0:
         return False
@@ -186,9 +186,11 @@ def _around_all_sides(lines: np.ndarray, inner: np.ndarray) -> bool:
     for along, ink_at in ((lines, ys), (lines.T, xs)):  # level lines, then upright ones
         tilt = max(1, round(LINE_SLOPES[-1] * along.shape[1]))
         band = ndimage.maximum_filter1d(along, tilt, axis=0).sum(axis=1) >= 0.5 * along.shape[1]
+        # Clear of it: a close-cropped square 0's own sides, taken for lines, touch what is left of it.
+        clear = 0.05 * along.shape[0]
         first, last = np.percentile(ink_at, [5, 95])
         rows = np.flatnonzero(band)
-        sides += [(rows < first).any(), (rows > last).any()]
+        sides += [(rows < first - clear).any(), (rows > last + clear).any()]
     return all(sides)
 
 

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 from bot.cli import main
 from recognizer import Recognizer
@@ -100,6 +101,18 @@ def test_a_close_crop_on_a_paper_line_is_not_a_box(shipped, strokes, digit, heig
     for line in (0.4, 0.8):
         photo = photos.pen_strokes(strokes, width, size=(int(height * 0.72), height), paper_lines=(line,))
         assert shipped.read(photo).digits == digit, line
+
+
+@pytest.mark.parametrize(("height", "width"), [(240, 2), (240, 3), (320, 2), (320, 3), (320, 4)])
+def test_a_close_cropped_square_zero_is_not_a_box(shipped, height, width):
+    # Line removal takes its four sides for lines: two each way, around what is left of it (its cut
+    # corners), but touching that, not clear of it as a box around a digit is.
+    size = (int(height * 0.7), height)
+    page = Image.new("L", size, 245)
+    corners = [(0.07, 0.02), (0.93, 0.02), (0.98, 0.07), (0.98, 0.93), (0.93, 0.98), (0.07, 0.98)]
+    outline = [(x * size[0], y * size[1]) for x, y in [*corners, (0.02, 0.93), (0.02, 0.07), (0.07, 0.02)]]
+    ImageDraw.Draw(page).line(outline, fill=30, width=width, joint="curve")
+    assert shipped.read(np.asarray(page, np.float32) / 255).digits == "0"
 
 
 def test_blank_page_is_no_digit(shipped):
