@@ -280,11 +280,10 @@ def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, tup
             )
             crossing = crossing > 0.99
             crossing = ndimage.maximum_filter1d(crossing, 2 * width + 1, axis=0)
-            lines &= ~crossing
-            both.append((lines if axis == 1 else lines.T, width))
+            lines = (lines & ~crossing) if axis == 1 else (lines & ~crossing).T
+            removed |= lines
+            both.append((lines, width))
             crossed[axis] = count
-    for lines, _ in both:
-        removed |= lines
     if len(both) == 2:
         (upright, upright_width), (level, level_width) = both
         (left, right), (above, below) = (

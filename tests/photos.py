@@ -146,12 +146,12 @@ def barely_darker_than_paper(mnist, index: int) -> bytes:
     return encode(_rgb(1 - (1 - gray) * 0.06 / 0.9), "PNG")
 
 
-def pen_strokes(
+def pen_page(
     strokes: list[list[tuple[float, float]]],
     width: int = 9,
     size: tuple[int, int] = (320, 320),
     paper_lines: tuple[float, ...] = (),
-) -> bytes:
+) -> Image.Image:
     """Strokes drawn with a pen on white paper; points are (x, y) fractions of the image's (w, h). The paper
     may have grey level lines, at `paper_lines` fractions of its height, under the strokes."""
     image = Image.new("L", size, 245)
@@ -160,7 +160,17 @@ def pen_strokes(
         draw.line([(0, y * size[1]), (size[0], y * size[1])], fill=130, width=2)
     for stroke in strokes:
         draw.line([(x * size[0], y * size[1]) for x, y in stroke], fill=30, width=width, joint="curve")
-    return encode(image, "JPEG", quality=90)
+    return image
+
+
+def pen_strokes(
+    strokes: list[list[tuple[float, float]]],
+    width: int = 9,
+    size: tuple[int, int] = (320, 320),
+    paper_lines: tuple[float, ...] = (),
+) -> bytes:
+    """pen_page as the JPEG a phone would send."""
+    return encode(pen_page(strokes, width, size, paper_lines), "JPEG", quality=90)
 
 
 CONTINENTAL_ONE = [[(0.32, 0.40), (0.58, 0.15), (0.52, 0.85)]]  # a long up-stroke into the stem
@@ -170,4 +180,18 @@ SEVEN_ACROSS = [[(0.01, 0.08), (0.99, 0.08), (0.45, 0.98)]]
 CROSSED_SEVEN_ACROSS = [*SEVEN_ACROSS, [(0.35, 0.5), (0.9, 0.5)]]
 UPRIGHT_SEVEN_ACROSS = [[(0.02, 0.06), (0.92, 0.06), (0.92, 0.98)]]
 FOUR_ACROSS = [[(0.3, 0.03), (0.04, 0.62), (0.97, 0.62)], [(0.68, 0.02), (0.68, 0.98)]]
+# Square-cornered, its corners cut, filling a close crop: its sides run nearly edge to edge, as lines do.
+SQUARE_ZERO = [
+    [
+        (0.07, 0.02),
+        (0.93, 0.02),
+        (0.98, 0.07),
+        (0.98, 0.93),
+        (0.93, 0.98),
+        (0.07, 0.98),
+        (0.02, 0.93),
+        (0.02, 0.07),
+        (0.07, 0.02),
+    ]
+]
 TWO_ACROSS = [[(0.1, 0.3), (0.3, 0.05), (0.7, 0.05), (0.88, 0.3), (0.01, 0.97), (0.99, 0.97)]]
