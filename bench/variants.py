@@ -9,6 +9,10 @@ transformations of real images, not new writers.
 - `narrow`: each writer's images squeezed to 45-65% of their width (a writer of tall, narrow digits).
 - `boxed`: a box drawn around each image's digit, as dark as black ink, a 30th of the image in from its edge
   (a form's box, a border drawn around a canvas).
+- `lamp`: each writer's images lit from one side, the light falling to 25-50% across the image (a desk lamp,
+  a window).
+- `flash`: each writer's images lit by a phone's flash, brightest near the middle (where: the writer's seed),
+  falling to about half in the far corner.
 
     python -m bench.variants slanted ../shared/data/realworld-dev /tmp/slanted
     python -m bench.real /tmp/slanted
@@ -86,6 +90,24 @@ def box(gray: np.ndarray, writer_seed: int) -> np.ndarray:
     return np.asarray(image)
 
 
+def lamp(gray: np.ndarray, writer_seed: int) -> np.ndarray:
+    """Light from one side, falling to 25-50% across the image (which side: the writer's seed)."""
+    axis = writer_seed % 2
+    light = np.linspace(0.25 + writer_seed % 6 / 20, 1.0, gray.shape[axis])
+    if writer_seed // 2 % 2:
+        light = light[::-1]
+    return (gray * np.expand_dims(light, 1 - axis)).astype(np.uint8)
+
+
+def flash(gray: np.ndarray, writer_seed: int) -> np.ndarray:
+    """A phone's flash: the light brightest near the middle, falling by 60% of the distance from there."""
+    height, width = gray.shape
+    y, x = np.ogrid[:height, :width]
+    centre_y, centre_x = height * (0.3 + writer_seed % 5 / 10), width * (0.3 + writer_seed // 5 % 5 / 10)
+    light = 1 - 0.6 * np.hypot((y - centre_y) / height, (x - centre_x) / width)
+    return (gray * light).astype(np.uint8)
+
+
 def _gray(path: Path) -> np.ndarray:
     """The image as 8-bit gray, upright, transparency onto white (as recognizer.images reads it)."""
     image = ImageOps.exif_transpose(Image.open(path))
@@ -100,6 +122,8 @@ CHANGES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
     "squared": square,
     "narrow": narrow,
     "boxed": box,
+    "lamp": lamp,
+    "flash": flash,
 }
 
 

@@ -22,6 +22,7 @@ LINE_SPAN = 0.8  # a run of ink this much of the image long is a paper line, not
 # How far from level a photographed paper line runs (tilt of the phone, bowing of the page).
 LINE_SLOPES = tuple(np.tan(np.radians([-4.5, -3.0, -1.5, 0.0, 1.5, 3.0, 4.5])).tolist())
 MIN_INK_CONTRAST = 0.08  # ink at least this much darker (or lighter) than the paper, in [0, 1] gray levels
+DIM = 0.05  # paper darker than this is not lit paper: a black canvas, a dark board
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
@@ -46,18 +47,34 @@ def _resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize(shape[::-1], Image.BILINEAR))
 
 
-def has_dark_ink(coarse: np.ndarray) -> bool:
-    """Which way is ink? The photo's edge is mostly paper (or board); ink is the far tail of gray levels.
+def _quadratic(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The terms of a quadratic surface over a grid of (rows, cols) coordinates: shape (rows, cols, 6)."""
+    y, x = np.meshgrid(rows, cols, indexing="ij")
+    return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1)
 
-    Distances are reflectance ratios (log gray levels): ink darkens paper by a factor wherever it is,
-    while a shadow or uneven light darkens it far less, so neither can pass for ink."""
-    edge = np.concatenate(
-        [coarse[:2].ravel(), coarse[-2:].ravel(), coarse[:, :2].ravel(), coarse[:, -2:].ravel()]
-    )
-    paper = np.log(np.median(edge) + 0.02)
-    # Far tails: a small digit in a big photo is a fraction of a percent of its pixels.
-    darkest, lightest = np.log(np.percentile(coarse, [0.05, 99.95]) + 0.02)
-    return paper - darkest >= lightest - paper
+
+def has_dark_ink(coarse: np.ndarray) -> bool:
+    """Which way is ink? Most of the photo is paper (or board); ink is the far tail of gray levels against
+    the paper's light.
+
+    Distances are reflectance ratios (log gray levels): ink darkens paper by a factor wherever it is. The
+    light is a smooth surface fitted to the log gray levels, ink left out: it follows uneven light, a
+    flash's bright centre and dark corners, that would otherwise pass for light ink on darker paper."""
+    logs = np.log(coarse + 0.02)
+    step = max(1, max(coarse.shape) // 64)  # the light is smooth: 64 points across describe it
+    sample = logs[::step, ::step]
+    terms = _quadratic(*(np.linspace(-1.0, 1.0, n) for n in sample.shape)).reshape(-1, 6)
+    values = sample.ravel()
+    residual = values - np.median(values)  # the first fit: even light
+    for _ in range(3):  # leave out what is far from the fit (ink), fit again
+        paper = np.abs(residual) < 3 * 1.4826 * np.median(np.abs(residual)) + 1e-3
+        used = terms[paper]  # least squares by the normal equations (6x6; a tiny image leaves them singular)
+        fit = np.linalg.lstsq(used.T @ used, used.T @ values[paper], rcond=None)[0]
+        residual = values - terms @ fit
+    light = _resize((terms @ fit).reshape(sample.shape), coarse.shape)
+    # Far tails, at full resolution: a small digit in a big photo is a fraction of a percent of its pixels.
+    darkest, lightest = np.percentile(logs - light, [0.05, 99.95])
+    return -darkest >= lightest
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -93,10 +110,11 @@ def _thickest_stroke(coarse: np.ndarray, dark_ink: bool) -> float:
 
 
 def remove_background(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
-    """Ink contrast: how much darker (or lighter) than the paper around it each pixel is, >= 0.
+    """Ink contrast: how much darker (or lighter) than the paper around it each pixel is, >= 0, in gray
+    levels of the photo's typical paper.
 
     The paper is a grey closing (opening for light ink) with a window wider than any stroke: it erases
-    strokes but keeps uneven light, shadow edges and gradients, which the subtraction then removes."""
+    strokes but keeps uneven light, shadow edges and gradients, which are then subtracted and divided out."""
     coarse = _shrink(gray, 4)  # the paper is smooth: a quarter of the resolution describes it
     # Wider than any stroke, junctions included (a thick marker's 0 is a tenth of the image wide); no wider,
     # so uneven light still counts as paper.
@@ -107,7 +125,11 @@ def remove_background(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
     else:
         paper = ndimage.grey_opening(coarse, size=(window, window), mode="nearest")
     paper = _resize(paper, gray.shape)
-    return np.maximum(paper - gray if dark_ink else gray - paper, 0.0)
+    contrast = np.maximum(paper - gray if dark_ink else gray - paper, 0.0)
+    # Light multiplies: ink in the shade of a hand darkens the paper there by the same factor as ink in the
+    # light, by fewer gray levels. Contrast is measured against the paper around it, scaled to the typical
+    # paper's brightness, so an evenly lit photo keeps its gray levels.
+    return contrast * (max(float(np.median(paper)), DIM) / np.maximum(paper, DIM))
 
 
 @dataclass(frozen=True)
