@@ -22,7 +22,6 @@ LINE_SPAN = 0.8  # a run of ink this much of the image long is a paper line, not
 # How far from level a photographed paper line runs (tilt of the phone, bowing of the page).
 LINE_SLOPES = tuple(np.tan(np.radians([-4.5, -3.0, -1.5, 0.0, 1.5, 3.0, 4.5])).tolist())
 MIN_INK_CONTRAST = 0.08  # ink at least this much darker (or lighter) than the paper, in [0, 1] gray levels
-DIM = 0.05  # paper darker than this is not lit paper: a black canvas, a dark board
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
@@ -65,9 +64,14 @@ def has_dark_ink(coarse: np.ndarray) -> bool:
     sample = logs[::step, ::step]
     terms = _quadratic(*(np.linspace(-1.0, 1.0, n) for n in sample.shape)).reshape(-1, 6)
     values = sample.ravel()
-    residual = values - np.median(values)  # the first fit: even light
+    # The paper's spread is measured on the rim, mostly paper: a bold digit filling a close crop is half its
+    # pixels, and a fit to them all bends towards the ink and takes it for paper.
+    rim = np.ones(sample.shape, bool)
+    rim[2:-2, 2:-2] = False
+    rim = rim.ravel()
+    residual = values - np.median(values[rim])  # the first fit: even light
     for _ in range(3):  # leave out what is far from the fit (ink), fit again
-        paper = np.abs(residual) < 3 * 1.4826 * np.median(np.abs(residual)) + 1e-3
+        paper = np.abs(residual) < 3 * 1.4826 * np.median(np.abs(residual[rim])) + 1e-3
         used = terms[paper]  # least squares by the normal equations (6x6; a tiny image leaves them singular)
         fit = np.linalg.lstsq(used.T @ used, used.T @ values[paper], rcond=None)[0]
         residual = values - terms @ fit
@@ -110,11 +114,10 @@ def _thickest_stroke(coarse: np.ndarray, dark_ink: bool) -> float:
 
 
 def remove_background(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
-    """Ink contrast: how much darker (or lighter) than the paper around it each pixel is, >= 0, in gray
-    levels of the photo's typical paper.
+    """Ink contrast: how much darker (or lighter) than the paper around it each pixel is, >= 0.
 
     The paper is a grey closing (opening for light ink) with a window wider than any stroke: it erases
-    strokes but keeps uneven light, shadow edges and gradients, which are then subtracted and divided out."""
+    strokes but keeps uneven light, shadow edges and gradients, which the subtraction then removes."""
     coarse = _shrink(gray, 4)  # the paper is smooth: a quarter of the resolution describes it
     # Wider than any stroke, junctions included (a thick marker's 0 is a tenth of the image wide); no wider,
     # so uneven light still counts as paper.
@@ -125,11 +128,7 @@ def remove_background(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
     else:
         paper = ndimage.grey_opening(coarse, size=(window, window), mode="nearest")
     paper = _resize(paper, gray.shape)
-    contrast = np.maximum(paper - gray if dark_ink else gray - paper, 0.0)
-    # Light multiplies: ink in the shade of a hand darkens the paper there by the same factor as ink in the
-    # light, by fewer gray levels. Contrast is measured against the paper around it, scaled to the typical
-    # paper's brightness, so an evenly lit photo keeps its gray levels.
-    return contrast * (max(float(np.median(paper)), DIM) / np.maximum(paper, DIM))
+    return np.maximum(paper - gray if dark_ink else gray - paper, 0.0)
 
 
 @dataclass(frozen=True)

@@ -140,13 +140,6 @@ def half_faded(mnist, index: int) -> bytes:
     return encode(_rgb(gray), "PNG")
 
 
-def lamp_from_one_side(mnist, index: int) -> bytes:
-    """A lamp on the right: the light falls to a quarter across the page, and with it the ink's contrast,
-    by gray levels, though the ink darkens the paper by the same factor everywhere."""
-    gray = np.asarray(digit_on_paper(mnist, index), np.float32) / 255
-    return encode(_rgb(gray * np.linspace(0.25, 1.0, gray.shape[1])), "PNG")
-
-
 def pencil_under_a_flash(mnist, index: int) -> bytes:
     """Faint pencil by a phone's flash: the paper bright in the middle, half as bright in the corners, which
     is farther from the paper's median than the pencil is."""

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from recognizer.augment import mnist_glyph
+from recognizer.augment import mnist_glyph, place
 from recognizer.images import decode_image
 from recognizer.preprocess import MNIST_STROKE, find_lines, remove_lines, segmentations, stroke_width
 from tests.photos import digit_on_paper, encode, synthetic_photo
@@ -41,6 +41,15 @@ def test_polarity_dark_on_light_and_chalk_on_board(mnist):
     np.testing.assert_allclose(on_paper.crops[0].image, on_board.crops[0].image, atol=0.05)
     chalk = pipeline(decode_image(synthetic_photo(mnist, "3", "chalk", seed=1)))
     assert not chalk.dark_ink and len(chalk.crops) == 1
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_a_bold_digit_filling_a_close_crop_is_dark_ink(mnist, index):
+    # Half the crop is ink: a light surface fitted to all of it bends towards the ink and takes it for paper.
+    glyph = mnist_glyph(mnist.x_test[index], 126, stroke=3.0)
+    ink = place(glyph, (140, 140), (140 - glyph.shape[0]) // 2, (140 - glyph.shape[1]) // 2)
+    photo = Image.fromarray(((0.95 - 0.85 * ink) * 255).astype(np.uint8))
+    assert pipeline(decode_image(encode(photo, "JPEG", quality=85))).dark_ink
 
 
 @pytest.mark.parametrize("variation", ["lined", "squared", "table_edge", "shadow"])
