@@ -52,13 +52,10 @@ def _quadratic(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1)
 
 
-def has_dark_ink(coarse: np.ndarray) -> bool:
-    """Which way is ink? Most of the photo is paper (or board); ink is the far tail of gray levels against
-    the paper's light.
-
-    Distances are reflectance ratios (log gray levels): ink darkens paper by a factor wherever it is. The
-    light is a smooth surface fitted to the log gray levels, ink left out: it follows uneven light, a
-    flash's bright centre and dark corners, that would otherwise pass for light ink on darker paper."""
+def _log_light(coarse: np.ndarray) -> np.ndarray:
+    """The light falling on the paper, as log gray levels at `coarse`'s resolution: a smooth surface fitted
+    to the log gray levels with the ink left out. Distances from it are reflectance ratios: ink darkens
+    paper by a factor wherever it is, under a lamp's or a flash's uneven light as in even light."""
     logs = np.log(coarse + 0.02)
     step = max(1, max(coarse.shape) // 64)  # the light is smooth: 64 points across describe it
     sample = logs[::step, ::step]
@@ -75,15 +72,22 @@ def has_dark_ink(coarse: np.ndarray) -> bool:
         used = terms[paper]  # least squares by the normal equations (6x6; a tiny image leaves them singular)
         fit = np.linalg.lstsq(used.T @ used, used.T @ values[paper], rcond=None)[0]
         residual = values - terms @ fit
-    light = _resize((terms @ fit).reshape(sample.shape), coarse.shape)
+    return _resize((terms @ fit).reshape(sample.shape), coarse.shape)
+
+
+def has_dark_ink(coarse: np.ndarray) -> bool:
+    """Which way is ink? Most of the photo is paper (or board); ink is the far tail of reflectance against
+    it. Against the light, not the gray levels: a flash's bright centre and dark corners would otherwise
+    pass for light ink on darker paper."""
+    reflectance = np.log(coarse + 0.02) - _log_light(coarse)
     # Far tails, at full resolution: a small digit in a big photo is a fraction of a percent of its pixels.
-    darkest, lightest = np.percentile(logs - light, [0.05, 99.95])
+    darkest, lightest = np.percentile(reflectance, [0.05, 99.95])
     return -darkest >= lightest
 
 
 def _otsu(values: np.ndarray) -> float:
-    """The gray level that best splits `values` into two classes (Otsu's between-class variance)."""
-    counts, edges = np.histogram(values, bins=64, range=(0.0, 1.0))
+    """The level that best splits `values` into two classes (Otsu's between-class variance)."""
+    counts, edges = np.histogram(values, bins=64, range=(0.0, max(1.0, float(values.max()))))
     weight = np.cumsum(counts)
     mean = np.cumsum(counts * edges[:-1])
     total, total_mean = weight[-1], mean[-1]
@@ -92,12 +96,10 @@ def _otsu(values: np.ndarray) -> float:
     return float(edges[1:][np.argmax(np.nan_to_num(between[:-1]))])  # all NaN: one gray level, no split
 
 
-def _thickest_stroke(coarse: np.ndarray, dark_ink: bool) -> float:
-    """Width, in pixels of `coarse`, of the thickest pen strokes: ink split from paper by Otsu's threshold,
-    each mark's width twice the 90th percentile of its distance transform. Only stroke-like marks count
-    (much thinner than long): a shadow, a vignette or the table beside the page is as wide as it is long."""
-    level = _otsu(coarse)
-    ink = coarse < level if dark_ink else coarse > level
+def _thickest_stroke(ink: np.ndarray) -> float:
+    """Width, in pixels, of the thickest pen strokes in a rough ink mask: each mark's width is twice the 90th
+    percentile of its distance transform. Only stroke-like marks count (much thinner than long): a shadow, a
+    vignette or the table beside the page is as wide as it is long."""
     labels, count = ndimage.label(ink)
     if count == 0 or ink.all():
         return 0.0
@@ -117,17 +119,31 @@ def remove_background(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
     """Ink contrast: how much darker (or lighter) than the paper around it each pixel is, >= 0.
 
     The paper is a grey closing (opening for light ink) with a window wider than any stroke: it erases
-    strokes but keeps uneven light, shadow edges and gradients, which the subtraction then removes."""
+    strokes but keeps uneven light and shadow edges, which the subtraction then removes. Taken twice: of the
+    gray levels, and of what the paper reflects (the smooth light divided out first, multiplied back after).
+    A closing lies on or above every pixel (an opening below), so the nearer of the two wins: on gray levels
+    it raises the paper near the photo's dim edge under a lamp, by the light's slope times half its window,
+    and blank paper there passed for ink; the light's fit is a poor guess in a close crop that a digit and a
+    box fill."""
     coarse = _shrink(gray, 4)  # the paper is smooth: a quarter of the resolution describes it
+    light = np.exp(_log_light(coarse))
+    reflectance = (coarse + 0.02) / light
     # Wider than any stroke, junctions included (a thick marker's 0 is a tenth of the image wide); no wider,
-    # so uneven light still counts as paper.
-    thickest = _thickest_stroke(coarse, dark_ink)
-    window = max(3, int(np.clip(3 * thickest, max(coarse.shape) // 10, max(coarse.shape) // 2)))
+    # so a shadow's edge still counts as paper. Strokes are split from paper by Otsu's threshold on gray
+    # levels, and on reflectance where ink is at least twice as dark as the paper (as light, on a board):
+    # under a lamp the far side's paper is as dark as the near side's ink, and joins the strokes there on
+    # gray levels; a shadow's edge, which the smooth light does not follow, is a band a little darker.
+    by_gray, by_reflectance = _otsu(coarse), _otsu(reflectance)
     if dark_ink:
-        paper = ndimage.grey_closing(coarse, size=(window, window), mode="nearest")
+        strokes = coarse < by_gray, reflectance < min(by_reflectance, 0.5)
     else:
-        paper = ndimage.grey_opening(coarse, size=(window, window), mode="nearest")
-    paper = _resize(paper, gray.shape)
+        strokes = coarse > by_gray, reflectance > max(by_reflectance, 2.0)
+    thickest = max(_thickest_stroke(ink) for ink in strokes)
+    window = max(3, int(np.clip(3 * thickest, max(coarse.shape) // 10, max(coarse.shape) // 2)))
+    envelope = ndimage.grey_closing if dark_ink else ndimage.grey_opening
+    on_gray = envelope(coarse, size=(window, window), mode="nearest")
+    on_reflectance = envelope(reflectance, size=(window, window), mode="nearest") * light - 0.02
+    paper = _resize((np.minimum if dark_ink else np.maximum)(on_gray, on_reflectance), gray.shape)
     return np.maximum(paper - gray if dark_ink else gray - paper, 0.0)
 
 

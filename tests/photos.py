@@ -148,6 +148,26 @@ def pencil_under_a_flash(mnist, index: int) -> bytes:
     return encode(_rgb((1 - 0.4 * (1 - gray)) * (1 - 0.5 * np.hypot(y, x) / np.sqrt(2))), "PNG")
 
 
+def thick_marker_under_a_lamp(mnist, index: int) -> bytes:
+    """A thick marker digit filling a canvas lit from above: the light falls to 30% at the bottom, where the
+    paper is as dark as the ink near the top."""
+    glyph = mnist_glyph(mnist.x_test[index], 380, stroke=1.6)
+    canvas = 1 - 0.8 * place(glyph, (500, 500), (500 - glyph.shape[0]) // 2, (500 - glyph.shape[1]) // 2)
+    light = np.linspace(1.0, 0.3, 500)[:, None]
+    return encode(_rgb(canvas * light), "PNG")
+
+
+def blank_page_under_a_lamp(low: float, fall: str, across: bool, size=(480, 480), seed: int = 0) -> bytes:
+    """Nothing written: paper lit from one side, the light falling to `low` along the rows (`across`) or the
+    columns, linearly, as a square or as a square root; sensor noise, JPEG."""
+    h, w = size
+    t = np.linspace(0, 1, w)[None, :] if across else np.linspace(0, 1, h)[:, None]
+    curve = {"linear": t, "square": t * t, "root": np.sqrt(t)}[fall]
+    light = low + (1 - low) * curve
+    paper = 0.85 * light * np.ones(size) + np.random.default_rng(seed).normal(0, 0.015, size)
+    return encode(_rgb(paper), "JPEG", quality=80)
+
+
 def barely_darker_than_paper(mnist, index: int) -> bytes:
     """Ink only 6% darker than the paper: below the pipeline's contrast for ink, still plain to see."""
     gray = np.asarray(digit_on_paper(mnist, index), np.float32) / 255

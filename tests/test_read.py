@@ -54,6 +54,7 @@ def test_reads_photos(shipped, mnist, label, variation):
         (photos.soft_doubled_light_on_dark, [8, 25, 0, 1]),
         (photos.tiny_in_corner, [26, 0, 1, 2]),
         (photos.pencil_under_a_flash, [0, 1, 2, 4]),  # the bright middle passed for light ink: read as "0"
+        (photos.thick_marker_under_a_lamp, [0, 1, 4, 5]),  # the paper's dim side joined the strokes' width
         # Below the pipeline's thresholds, read since the classifier chooses among segmentations:
         (photos.half_faded, [3, 7, 18, 21]),  # the strong half was read (a lone stroke: 1, 7 or 5)
         (photos.barely_darker_than_paper, [0, 3, 7, 11]),  # was "no digit"
@@ -63,6 +64,14 @@ def test_reads_photos(shipped, mnist, label, variation):
 def test_reads_what_real_photos_look_like(shipped, mnist, make, indices):
     read = [shipped.read(make(mnist, i)).digits for i in indices]
     assert read == [str(mnist.y_test[i]) for i in indices]
+
+
+@pytest.mark.parametrize("seed", [0, 6, 17, 19])
+def test_a_shadows_edge_is_not_a_stroke(shipped, mnist, seed):
+    """A shadow across the page, which the smooth light does not follow, leaves a long band a little darker
+    than the paper: taken for a stroke, it made the paper's window so wide that thin strokes were lost."""
+    label = str(mnist.y_test[seed])
+    assert shipped.read(synthetic_photo(mnist, label, "shadow", seed=seed)).digits == label
 
 
 @pytest.mark.parametrize(("strokes", "digit"), [(photos.CONTINENTAL_ONE, "1"), (photos.CROSSED_SEVEN, "7")])
@@ -111,6 +120,21 @@ def test_a_close_cropped_square_zero_is_not_a_box(shipped, height, width):
     # As drawn, not through a JPEG: its ringing along the sides hides the lines this is about.
     page = photos.pen_page(photos.SQUARE_ZERO, width, size=(int(height * 0.7), height))
     assert shipped.read(np.asarray(page, np.float32) / 255).digits == "0"
+
+
+@pytest.mark.parametrize(
+    ("low", "fall", "across", "size"),
+    [
+        (0.25, "square", False, (600, 800)),
+        (0.35, "root", False, (480, 480)),
+        (0.5, "linear", True, (480, 480)),
+    ],
+)
+def test_blank_page_under_a_lamp_is_no_digit(shipped, low, fall, across, size):
+    # A closing of the gray levels raises the paper near the photo's dim edge (by the light's slope times
+    # half its window): the paper was the nearer of that and a closing of the light's reflectance.
+    reading = shipped.read(photos.blank_page_under_a_lamp(low, fall, across, size))
+    assert reading.status == "no_digit", reading.digits
 
 
 def test_blank_page_is_no_digit(shipped):
