@@ -21,6 +21,7 @@ MAX_DIGITS = 8  # more separate marks than this is a page of text or a texture, 
 LINE_SPAN = 0.8  # a run of ink this much of the image long is a paper line, not a stroke
 # How far from level a photographed paper line runs (tilt of the phone, bowing of the page).
 LINE_SLOPES = tuple(np.tan(np.radians([-4.5, -3.0, -1.5, 0.0, 1.5, 3.0, 4.5])).tolist())
+MAX_LEAN = 15  # degrees from upright that MNIST's writers lean, and the model learnt (with augmentation)
 MIN_INK_CONTRAST = 0.08  # ink at least this much darker (or lighter) than the paper, in [0, 1] gray levels
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -516,6 +517,29 @@ def to_mnist(digit: np.ndarray) -> np.ndarray:
     shift_y = int(np.clip(round(14 - cy), -top, 28 - top - small.shape[0]))
     shift_x = int(np.clip(round(14 - cx), -left, 28 - left - small.shape[1]))
     return np.clip(np.roll(canvas, (shift_y, shift_x), axis=(0, 1)), 0.0, 1.0)
+
+
+def upright(image: np.ndarray) -> np.ndarray:
+    """A digit (a 28x28 model input) turned so that its long axis stands upright, and normalised again; as it
+    is when it leans less than MAX_LEAN degrees, or is too round to have a long axis (its second moments
+    differ less than twice)."""
+    total = float(image.sum())
+    if total <= 0:
+        return image
+    y, x = np.mgrid[0:28, 0:28]
+    cy, cx = float((image * y).sum()) / total, float((image * x).sum()) / total
+    xx = float((image * (x - cx) ** 2).sum()) / total
+    yy = float((image * (y - cy) ** 2).sum()) / total
+    xy = float((image * (x - cx) * (y - cy)).sum()) / total
+    shortest, longest = np.linalg.eigvalsh([[xx, xy], [xy, yy]])
+    if longest < 2 * shortest:
+        return image
+    axis = math.degrees(0.5 * math.atan2(2 * xy, xx - yy))  # the long axis, from the image's rows
+    lean = axis - 90 if axis > 0 else axis + 90
+    if abs(lean) < MAX_LEAN:
+        return image
+    turned = ndimage.rotate(ndimage.zoom(image, 4, order=1), lean, reshape=True, order=1) > 0.5
+    return to_mnist(turned) if turned.any() else image
 
 
 def segment(mask: np.ndarray, dark_ink: bool) -> Segmentation:

@@ -9,7 +9,15 @@ from scipy import ndimage
 
 from recognizer.augment import mnist_glyph, place
 from recognizer.images import decode_image
-from recognizer.preprocess import MNIST_STROKE, find_lines, remove_lines, segmentations, stroke_width
+from recognizer.preprocess import (
+    MNIST_STROKE,
+    find_lines,
+    remove_lines,
+    segmentations,
+    stroke_width,
+    to_mnist,
+    upright,
+)
 from tests.photos import digit_on_paper, encode, synthetic_photo
 
 
@@ -194,3 +202,29 @@ def test_blank_pages_have_no_digit(kind):
     }[kind]
     jpeg = encode(Image.fromarray((np.clip(page, 0, 1) * 255).astype(np.uint8)), "JPEG", quality=80)
     assert pipeline(decode_image(jpeg)).crops == []
+
+
+def _lean(image: np.ndarray) -> float:
+    """Degrees from upright of the long axis of a 28x28 digit."""
+    y, x = np.mgrid[0:28, 0:28] - np.array(ndimage.center_of_mass(image))[:, None, None]
+    xx, yy, xy = ((image * v).sum() for v in (x * x, y * y, x * y))
+    return abs(90 - abs(np.degrees(0.5 * np.arctan2(2 * xy, xx - yy))))
+
+
+@pytest.mark.parametrize("lean", [-40, -25, 25, 40])
+def test_upright_stands_a_leaning_stroke_up(lean):
+    bar = Image.new("L", (120, 120))
+    ImageDraw.Draw(bar).line([(60, 10), (60, 110)], fill=255, width=9)
+    digit = to_mnist(np.asarray(bar.rotate(lean, Image.BILINEAR)) > 127)
+    assert _lean(digit) > 20
+    assert _lean(upright(digit)) < 3
+
+
+def test_upright_leaves_a_round_or_upright_digit_as_it_is():
+    ring = Image.new("L", (120, 120))
+    ImageDraw.Draw(ring).ellipse([20, 10, 100, 110], outline=255, width=9)
+    bar = Image.new("L", (120, 120))
+    ImageDraw.Draw(bar).line([(60, 10), (66, 110)], fill=255, width=9)  # leans 3.4 degrees
+    for mask in (ring, bar):
+        digit = to_mnist(np.asarray(mask) > 127)
+        assert upright(digit) is digit

@@ -74,6 +74,17 @@ def test_a_shadows_edge_is_not_a_stroke(shipped, mnist, seed):
     assert shipped.read(synthetic_photo(mnist, label, "shadow", seed=seed)).digits == label
 
 
+@pytest.mark.parametrize(
+    ("index", "angle"), [(119, -40), (125, 40), (147, -40), (191, 40), (198, -40), (209, 40)]
+)
+def test_reads_a_digit_leaning_far(shipped, mnist, index, angle):
+    # Each was read unsurely as another digit (a 2 as 7 or 8, a 9 as 2 or 7, a 1 as 2, a 4 as 9): an unsure
+    # reading is read again with its digits turned upright.
+    page = photos.digit_on_paper(mnist, index).rotate(angle, Image.BILINEAR, expand=True, fillcolor=255)
+    reading = shipped.read(np.asarray(page, np.float32) / 255)
+    assert (reading.digits, reading.status) == (str(mnist.y_test[index]), "ok")
+
+
 @pytest.mark.parametrize(("strokes", "digit"), [(photos.CONTINENTAL_ONE, "1"), (photos.CROSSED_SEVEN, "7")])
 def test_reads_continental_handwriting(shipped, strokes, digit):
     for width in (5, 9, 14):
