@@ -12,7 +12,7 @@ Fonts (no `--real`): simulated users write like handwriting fonts; they correct 
 fonts, and the fresh photos measured before and after are in the other half, never corrected.
 
 Slanted, narrow, ruled or squared writers: the same, on a copy of the folder that `bench.variants` made
-(the dev set is read 100% right as it is; turned by each writer's slant 89%, squeezed narrow 92%, on ruled
+(the dev set is read 100% right as it is; turned by each writer's slant 92%, squeezed narrow 92%, on ruled
 or squared paper 99.5%): errors to learn from.
 
 Writing styles (`--styles`): one run with no feedback at all; continental 1s and crossed 7s drawn from the
