@@ -13,6 +13,10 @@ from recognizer import DEFAULT_MODEL, MIN_CONFIDENCE
 from recognizer.images import decode_image
 from recognizer.preprocess import DigitCrop, Segmentation, segmentations, upright
 
+# A digit turned upright reads as something else this surely only when turning found its slant: unsure
+# MNIST test digits that turning made wrong read 0.71-0.95, the turned slanted ones it fixed 0.999 and more.
+SURE_WHEN_TURNED = 0.99
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -111,16 +115,23 @@ class Recognizer:
     def reading(self, options: list[Segmentation]) -> Reading:
         """The digits in a photo, from its segmentations (preprocess.segmentations), read by the model.
 
-        An unsure reading is read again with each of its digits turned upright (preprocess.upright): a
-        writer's slant or a turned photo leans a digit farther than MNIST's writers did. Taken if sure."""
+        An unsure reading's unsure digits are read again turned upright (preprocess.upright): a writer's
+        slant or a turned photo leans a digit farther than MNIST's writers did. Taken only if each turned
+        digit reads at least SURE_WHEN_TURNED: turning is a second guess, and a digit's long axis is not
+        always its slant (the stem of a 7 stands up as a 1)."""
         readings = self._readings(options)
         chosen = choose(readings)
         if chosen.status != "unsure":
             return chosen
         option = next(option for option, reading in zip(options, readings, strict=True) if reading is chosen)
-        crops = [DigitCrop(crop.box, upright(crop.image)) for crop in option.crops]
+        unsure = [item.confidence < self.min_confidence for item in chosen.items]
+        crops = [
+            DigitCrop(crop.box, upright(crop.image)) if turn else crop
+            for crop, turn in zip(option.crops, unsure, strict=True)
+        ]
         turned = self._readings([Segmentation(crops, option.dark_ink)])[0]
-        return turned if turned.status == "ok" else chosen
+        least_sure = min(item.confidence for item, turn in zip(turned.items, unsure, strict=True) if turn)
+        return turned if turned.status == "ok" and least_sure >= SURE_WHEN_TURNED else chosen
 
     def _readings(self, options: list[Segmentation]) -> list[Reading]:
         """Each segmentation read, all of their digits in one model call."""
