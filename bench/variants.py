@@ -13,6 +13,7 @@ transformations of real images, not new writers.
   a window).
 - `flash`: each writer's images lit by a phone's flash, brightest near the middle (where: the writer's seed),
   falling to about half in the far corner.
+- `tiny`: each writer's images shrunk to 28-40 px tall (a drawing app saving at about MNIST's size).
 
     python -m bench.variants slanted ../shared/data/realworld-dev /tmp/slanted
     python -m bench.real /tmp/slanted
@@ -108,6 +109,12 @@ def flash(gray: np.ndarray, writer_seed: int) -> np.ndarray:
     return (gray * light).astype(np.uint8)
 
 
+def tiny(gray: np.ndarray, writer_seed: int) -> np.ndarray:
+    height = 28 + writer_seed % 13
+    width = max(8, round(gray.shape[1] * height / gray.shape[0]))
+    return np.asarray(Image.fromarray(gray).resize((width, height), Image.Resampling.LANCZOS))
+
+
 def _gray(path: Path) -> np.ndarray:
     """The image as 8-bit gray, upright, transparency onto white (as recognizer.images reads it)."""
     image = ImageOps.exif_transpose(Image.open(path))
@@ -124,6 +131,7 @@ CHANGES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
     "boxed": box,
     "lamp": lamp,
     "flash": flash,
+    "tiny": tiny,
 }
 
 

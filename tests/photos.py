@@ -130,6 +130,15 @@ def tiny_in_corner(mnist, index: int, size: int = 44) -> bytes:
     return encode(_rgb(canvas), "PNG")
 
 
+def saved_small(mnist, indices: int | list[int], size: int = 32) -> bytes:
+    """Digits drawn big on a canvas, side by side, and saved `size` px tall (about MNIST's own size), as
+    drawing apps do."""
+    indices = [indices] if isinstance(indices, int) else indices
+    pages = [np.asarray(digit_on_paper(mnist, i, size=(400, 400), height=240)) for i in indices]
+    canvas = Image.fromarray(np.hstack(pages))
+    return encode(canvas.resize((size * len(indices), size), Image.Resampling.LANCZOS), "PNG")
+
+
 def half_faded(mnist, index: int) -> bytes:
     """The left half of a digit's ink four times fainter than the right, as a blurred photo loses a loop's
     thin side: above the paper, below the pipeline's stroke threshold."""

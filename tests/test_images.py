@@ -142,6 +142,23 @@ def test_truncated_jpeg_is_refused(seven, keep):
         decode_image(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
 
 
+@pytest.mark.parametrize(
+    ("size", "decoded"),
+    [
+        ((28, 28), (112, 112)),
+        ((40, 30), (160, 120)),
+        ((128, 32), (512, 128)),  # a number's row of digits
+        ((300, 20), (600, 40)),  # no longer than the pipeline's work size
+        ((60, 56), (60, 56)),
+    ],
+)
+def test_an_image_drawn_at_mnists_size_is_enlarged(seven, size, decoded):
+    # By a whole factor, its shortest side to at least 112 px; from 56 px on, as it is.
+    gray = decode_image(encode(seven.resize(size, Image.Resampling.LANCZOS), "PNG"))
+    assert gray.shape[::-1] == decoded
+    assert gray.min() >= 0.0 and gray.max() <= 1.0
+
+
 def test_tiny_image_is_refused():
     with pytest.raises(ImageError, match="too small"):
         decode_image(encode(Image.new("L", (3, 3)), "PNG"))

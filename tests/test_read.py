@@ -54,6 +54,7 @@ def test_reads_photos(shipped, mnist, label, variation):
         (photos.thick_marker_small_crop, [0, 1, 2, 4]),
         (photos.soft_doubled_light_on_dark, [8, 25, 0, 1]),
         (photos.tiny_in_corner, [26, 0, 1, 2]),
+        (photos.saved_small, [2070, 2090, 2161, 2266]),  # binarised at 32 px, thin strokes broke
         (photos.pencil_under_a_flash, [0, 1, 2, 4]),  # the bright middle passed for light ink: read as "0"
         (photos.thick_marker_under_a_lamp, [0, 1, 4, 5]),  # the paper's dim side joined the strokes' width
         # Below the pipeline's thresholds, read since the classifier chooses among segmentations:
@@ -65,6 +66,13 @@ def test_reads_photos(shipped, mnist, label, variation):
 def test_reads_what_real_photos_look_like(shipped, mnist, make, indices):
     read = [shipped.read(make(mnist, i)).digits for i in indices]
     assert read == [str(mnist.y_test[i]) for i in indices]
+
+
+def test_reads_a_number_saved_at_mnists_size(shipped, mnist):
+    # Only its height is small: the row of digits is enlarged as a single digit that size would be.
+    indices = [2070, 2090, 2161, 2266]
+    reading = shipped.read(photos.saved_small(mnist, indices))
+    assert reading.digits == "".join(str(mnist.y_test[i]) for i in indices)
 
 
 @pytest.mark.parametrize("seed", [0, 6, 17, 19])
