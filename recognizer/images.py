@@ -129,8 +129,10 @@ def decode_image(source: bytes | str | Path, work_size: int = WORK_SIZE) -> np.n
 def _enlarged(gray: np.ndarray, work_size: int) -> np.ndarray:
     """A gray image whose shortest side is under SMALL_IMAGE, scaled up (bicubic) by a whole factor: to at
     least MIN_WORK_SIZE, its longest side within work_size. Others as they are."""
+    if min(gray.shape) >= SMALL_IMAGE:
+        return gray
     scale = min(math.ceil(MIN_WORK_SIZE / min(gray.shape)), work_size // max(gray.shape))
-    if min(gray.shape) >= SMALL_IMAGE or scale <= 1:
+    if scale <= 1:
         return gray
     size = (gray.shape[1] * scale, gray.shape[0] * scale)
     return np.clip(np.asarray(Image.fromarray(gray, "F").resize(size, Image.Resampling.BICUBIC)), 0.0, 1.0)
