@@ -14,6 +14,11 @@ transformations of real images, not new writers.
 - `flash`: each writer's images lit by a phone's flash, brightest near the middle (where: the writer's seed),
   falling to about half in the far corner.
 - `tiny`: each writer's images shrunk to 28-40 px tall (a drawing app saving at about MNIST's size).
+- `desk`: each image turned by up to 8 degrees and laid on a desk (a darker or lighter textured surface)
+  that shows on most sides, the image 35-70% of the photo (a sheet photographed from further away, a
+  drawing app's canvas in a screenshot).
+- `transparent`: each image's paper made transparent (black underneath), its ink kept as the ink's colour
+  and opacity: a canvas exported without a background, white strokes as well as black ones.
 
     python -m bench.variants slanted ../shared/data/realworld-dev /tmp/slanted
     python -m bench.real /tmp/slanted
@@ -115,6 +120,34 @@ def tiny(gray: np.ndarray, writer_seed: int) -> np.ndarray:
     return np.asarray(Image.fromarray(gray).resize((width, height), Image.Resampling.LANCZOS))
 
 
+def desk(gray: np.ndarray, writer_seed: int) -> np.ndarray:
+    rng = np.random.default_rng(writer_seed)
+    height, width = gray.shape
+    scale = 1 / np.sqrt(0.35 + writer_seed % 8 / 20)
+    size = (round(width * scale), round(height * scale))
+    tone = (30 + writer_seed % 5 * 30) if _paper(gray) > 127 else (140 + writer_seed % 3 * 40)
+    grain = Image.fromarray(rng.normal(0, 15, (size[1] // 16 + 2, size[0] // 16 + 2)).astype(np.float32), "F")
+    surface = np.clip(tone + np.asarray(grain.resize(size, Image.Resampling.BICUBIC)), 0, 255).astype(
+        np.uint8
+    )
+    angle = rng.uniform(-8, 8)
+    page = Image.fromarray(gray).rotate(angle, Image.Resampling.BILINEAR, expand=True)
+    where = Image.new("L", gray.shape[::-1], 255).rotate(angle, Image.Resampling.BILINEAR, expand=True)
+    photo = Image.fromarray(surface)
+    spare = (max(0, size[0] - page.width), max(0, size[1] - page.height))
+    photo.paste(page, (int(rng.uniform(0.2, 0.8) * spare[0]), int(rng.uniform(0.2, 0.8) * spare[1])), where)
+    return np.asarray(photo)
+
+
+def transparent(gray: np.ndarray, writer_seed: int) -> np.ndarray:
+    """Gray and alpha (PNG mode LA): the ink's colour, as opaque as the ink stands out from the paper."""
+    paper = _paper(gray)
+    ink = int(gray.min() if paper > 127 else gray.max())
+    alpha = np.clip((gray.astype(np.float64) - paper) / (ink - paper or 1), 0, 1)
+    colour = np.where(alpha > 0, ink, 0)  # a transparent pixel is black underneath, as a canvas exports it
+    return np.stack([colour, np.round(alpha * 255)], axis=-1).astype(np.uint8)
+
+
 def _gray(path: Path) -> np.ndarray:
     """The image as 8-bit gray, upright, transparency onto white (as recognizer.images reads it)."""
     image = ImageOps.exif_transpose(Image.open(path))
@@ -132,6 +165,8 @@ CHANGES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
     "lamp": lamp,
     "flash": flash,
     "tiny": tiny,
+    "desk": desk,
+    "transparent": transparent,
 }
 
 

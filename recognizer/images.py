@@ -12,6 +12,8 @@ import numpy as np
 import pillow_heif
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from recognizer.preprocess import within_page
+
 pillow_heif.register_heif_opener()  # iPhones send HEIC when a photo goes as a file
 
 # Decoders that only parse pixels; never EPS/PS (Pillow runs Ghostscript on them) or anything else Pillow
@@ -80,14 +82,10 @@ def _open(source: bytes | str | Path) -> Image.Image:
 
 def _shrunk_gray(image: Image.Image, work_size: int) -> Image.Image:
     """Any mode -> 8-bit grayscale, longest side <= work_size, with at most one 8-bit plane beside the
-    decoded image: transparency is composited onto white paper strip by strip, other modes shrink first."""
+    decoded image: transparency is flattened strip by strip (`_flattened`), other modes shrink first."""
     box = (work_size, work_size)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        gray = Image.new("L", image.size, 255)
-        for top in range(0, image.height, STRIP_ROWS):
-            strip = image.crop((0, top, image.width, min(top + STRIP_ROWS, image.height))).convert("RGBA")
-            gray.paste(strip.convert("L"), (0, top), strip.getchannel("A"))
-        image = gray
+        image = _flattened(image)
     elif image.mode.startswith("I;16"):
         array = np.array(image)  # uint16; Pillow cannot shrink these
         array >>= max(0, int(array.max()).bit_length() - 8)  # in place: the top 8 bits of the used range
@@ -105,9 +103,31 @@ def _shrunk_gray(image: Image.Image, work_size: int) -> Image.Image:
     return image
 
 
+def _flattened(image: Image.Image) -> Image.Image:
+    """Transparency composited strip by strip onto paper the drawing stands out from: white, or black when
+    nothing opaque is dark (white strokes on a canvas exported without a background). A cut-out page keeps
+    white: its ink is dark."""
+    strips = [
+        (0, top, image.width, min(top + STRIP_ROWS, image.height))
+        for top in range(0, image.height, STRIP_ROWS)
+    ]
+    darkest = 255
+    for strip in strips:
+        rgba = image.crop(strip).convert("RGBA")
+        opaque = np.asarray(rgba.getchannel("A")) >= 128
+        if opaque.any():
+            darkest = min(darkest, int(np.asarray(rgba.convert("L"))[opaque].min()))
+    gray = Image.new("L", image.size, 0 if darkest > 127 else 255)
+    for strip in strips:
+        rgba = image.crop(strip).convert("RGBA")
+        gray.paste(rgba.convert("L"), strip[:2], rgba.getchannel("A"))
+    return gray
+
+
 def decode_image(source: bytes | str | Path, work_size: int = WORK_SIZE) -> np.ndarray:
-    """Bytes or a path -> float32 (H, W) gray levels in [0, 1], EXIF-upright, longest side <= work_size; a
-    very small image enlarged (see SMALL_IMAGE)."""
+    """Bytes or a path -> float32 (H, W) gray levels in [0, 1], EXIF-upright, longest side <= work_size; only
+    the page when a desk shows all round it (`preprocess.within_page`); a very small image enlarged (see
+    SMALL_IMAGE)."""
     image = _open(source)
     try:
         image.seek(0)  # GIF and TIFF: the first frame
@@ -123,7 +143,7 @@ def decode_image(source: bytes | str | Path, work_size: int = WORK_SIZE) -> np.n
         raise ImageError(f"corrupted or unsupported image ({exc.__class__.__name__})") from None
     if min(array.shape) < 8:
         raise ImageError(f"image is too small ({array.shape[1]}x{array.shape[0]} pixels)")
-    return _enlarged(array, work_size)
+    return _enlarged(within_page(array), work_size)
 
 
 def _enlarged(gray: np.ndarray, work_size: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Photo -> MNIST-style 28x28 inputs, following how MNIST itself was made.
 
-gray image -> remove illumination -> ink polarity -> binarize -> drop paper lines, frame edges, specks
+gray image (decoding cuts out the page when a desk shows all round it: within_page) -> remove illumination
+-> ink polarity -> binarize -> drop paper lines, frame edges, specks
 -> group strokes into digits (left to right) -> per digit: normalise stroke width, fit a 20x20 box
 keeping the aspect ratio, anti-alias, centre by centre of mass in 28x28
 """
@@ -23,6 +24,11 @@ LINE_SPAN = 0.8  # a run of ink this much of the image long is a paper line, not
 LINE_SLOPES = tuple(np.tan(np.radians([-4.5, -3.0, -1.5, 0.0, 1.5, 3.0, 4.5])).tolist())
 MAX_LEAN = 15  # degrees from upright that MNIST's writers lean, and the model learnt (with augmentation)
 MIN_INK_CONTRAST = 0.08  # ink at least this much darker (or lighter) than the paper, in [0, 1] gray levels
+PAGE_CONTRAST = 0.12  # a page stands out this much (gray levels) from the desk or screen around it...
+MIN_PAGE = 0.2  # ...covers at least this share of the photo, and is a rectangle (at least this share of one)
+PAGE_FILL = 0.85
+PAGE_TILTS = np.arange(-20.0, 20.1, 2.5)  # degrees a page may be turned in the photo
+SMALLEST_PAGE_PHOTO = 128  # px; smaller images are crops and drawings (a bold 28 px 0, filled, is a square)
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
@@ -84,6 +90,62 @@ def has_dark_ink(coarse: np.ndarray) -> bool:
     # Far tails, at full resolution: a small digit in a big photo is a fraction of a percent of its pixels.
     darkest, lightest = np.percentile(reflectance, [0.05, 99.95])
     return -darkest >= lightest
+
+
+def within_page(gray: np.ndarray) -> np.ndarray:
+    """The page, when the photo shows one with something else around it on most sides (a sheet on a desk, a
+    drawing app's canvas in a screenshot): the rest of the pipeline takes a photo's rim for paper, and there
+    it is the desk, so the page passed for one huge stroke. The photo as it is otherwise.
+
+    The page is the largest region that stands out from the rim, holes (its ink) filled: at least a fifth of
+    the photo, nearly a rectangle (turned up to 20 degrees), and standing out itself nearly everywhere: a
+    bold digit filling a close crop also stands out from its rim, but it is no rectangle, or its loops do
+    not stand out."""
+    if min(gray.shape) < SMALLEST_PAGE_PHOTO:
+        return gray
+    factor = 4  # a page is large and its edges straight: a quarter of the resolution finds it
+    coarse = _shrink(gray, factor)
+    rim = np.concatenate(
+        [coarse[:2].ravel(), coarse[-2:].ravel(), coarse[:, :2].ravel(), coarse[:, -2:].ravel()]
+    )
+    desk = float(np.median(rim))
+    spread = max(PAGE_CONTRAST, 3 * 1.4826 * float(np.median(np.abs(rim - desk))))
+    if np.mean(np.abs(rim - desk) > spread) > 0.45:  # the rim is mostly not one surface: no desk around
+        return gray
+    standing_out = np.abs(coarse - desk) > spread
+    labels, count = ndimage.label(ndimage.binary_fill_holes(standing_out))
+    if count == 0:
+        return gray
+    sizes = ndimage.sum_labels(np.ones(labels.shape), labels, np.arange(1, count + 1))
+    page = labels == 1 + int(np.argmax(sizes))
+    edges = sum(bool(side.any()) for side in (page[0], page[-1], page[:, 0], page[:, -1]))
+    if (
+        sizes.max() < MIN_PAGE * coarse.size
+        or edges > 2  # the desk is a strip along one side: the rest of the pipeline takes it for a shadow
+        or standing_out[page].mean() < 0.8
+        or _rectangle_fill(page) < PAGE_FILL
+    ):
+        return gray
+    inner = ndimage.binary_erosion(page, iterations=2)  # off the page's edge and the shadow along it
+    if not inner.any():
+        return gray
+    ys, xs = np.nonzero(inner)
+    rows = slice(ys.min() * factor, (ys.max() + 1) * factor)
+    cols = slice(xs.min() * factor, (xs.max() + 1) * factor)
+    # A page turned in the photo leaves corners of desk inside its box: paper there, not a stroke.
+    inside = _resize(inner.astype(np.float32), gray.shape) > 0.5
+    return np.where(inside, gray, np.float32(np.median(coarse[inner])))[rows, cols]
+
+
+def _rectangle_fill(region: np.ndarray) -> float:
+    """How much of the tightest rectangle around `region`, turned by any of PAGE_TILTS, it fills."""
+    ys, xs = np.nonzero(region)
+    best = 0.0
+    for tilt in np.radians(PAGE_TILTS):
+        u = xs * np.cos(tilt) + ys * np.sin(tilt)
+        v = ys * np.cos(tilt) - xs * np.sin(tilt)
+        best = max(best, ys.size / ((np.ptp(u) + 1) * (np.ptp(v) + 1)))
+    return best
 
 
 def _otsu(values: np.ndarray) -> float:

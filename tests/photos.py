@@ -130,6 +130,36 @@ def tiny_in_corner(mnist, index: int, size: int = 44) -> bytes:
     return encode(_rgb(canvas), "PNG")
 
 
+def sheet_on_a_desk(mnist, index: int) -> bytes:
+    """A sheet with a digit, turned a little, on a grey desk that shows all round it (960x720 JPEG)."""
+    sheet = digit_on_paper(mnist, index, size=(640, 500), height=150).rotate(6, Image.BILINEAR, expand=True)
+    where = Image.new("L", (640, 500), 255).rotate(6, Image.BILINEAR, expand=True)
+    grain = ndimage.zoom(np.random.default_rng(index).normal(0, 0.06, (47, 62)), 16, order=1)[:720, :960]
+    photo = _rgb(0.5 + grain + np.linspace(0, 0.1, 960)[None])
+    photo.paste(sheet, ((960 - sheet.width) // 2, (720 - sheet.height) // 2), where)
+    return encode(photo, "JPEG", quality=85)
+
+
+def canvas_in_a_screenshot(mnist, index: int) -> bytes:
+    """A drawing app's black canvas with a white digit, screenshot with the app's grey window around it."""
+    glyph = mnist_glyph(mnist.x_test[index], 200, stroke=1.5)
+    screen = np.full((720, 640), 0.93, np.float32)
+    screen[60:100] = 0.75  # the title bar
+    screen[160:500, 150:490] = 0.0
+    screen += place(glyph, screen.shape, 230, 320 - glyph.shape[1] // 2)
+    return encode(_rgb(screen), "PNG")
+
+
+def white_strokes_on_a_transparent_canvas(mnist, index: int) -> bytes:
+    """A web canvas exported without a background: white strokes, everything else transparent black."""
+    glyph = mnist_glyph(mnist.x_test[index], 200, stroke=1.5)
+    alpha = place(glyph, (280, 280), 40, 140 - glyph.shape[1] // 2)
+    rgba = np.zeros((280, 280, 4), np.uint8)
+    rgba[..., :3] = 255 * (alpha > 0)[..., None]
+    rgba[..., 3] = np.round(np.clip(alpha, 0, 1) * 255)
+    return encode(Image.fromarray(rgba, "RGBA"), "PNG")
+
+
 def saved_small(mnist, indices: int | list[int], size: int = 32) -> bytes:
     """Digits drawn big on a canvas, side by side, and saved `size` px tall (about MNIST's own size), as
     drawing apps do."""

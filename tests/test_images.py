@@ -59,6 +59,25 @@ def test_rgba_canvas_strokes_are_flattened_onto_white(seven):
     assert gray.min() < 0.2
 
 
+def test_light_strokes_on_a_transparent_canvas_are_flattened_onto_black(seven):
+    # A web canvas exported without a background: white strokes; onto white paper they vanished.
+    rgba = np.zeros((*seven.size[::-1], 4), np.uint8)
+    rgba[..., :3] = 255
+    rgba[..., 3] = 255 - np.asarray(seven)
+    gray = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert gray[0, 0] == pytest.approx(0.0)
+    assert gray.max() > 0.8
+
+
+def test_a_cut_out_page_on_transparency_stays_on_white(seven):
+    # Light paper with dark ink, transparent around it: the paper is light, but its ink is dark.
+    rgba = np.zeros((seven.height + 100, seven.width + 100, 4), np.uint8)
+    rgba[50:-50, 50:-50, :3] = np.asarray(seven)[..., None]
+    rgba[50:-50, 50:-50, 3] = 255
+    gray = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert gray[0, 0] == pytest.approx(1.0)
+
+
 def test_palette_with_transparency_and_sixteen_bit(seven):
     palette = seven.convert("P")
     palette.info["transparency"] = 255

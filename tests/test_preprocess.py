@@ -18,7 +18,7 @@ from recognizer.preprocess import (
     to_mnist,
     upright,
 )
-from tests.photos import digit_on_paper, encode, synthetic_photo
+from tests.photos import digit_on_paper, encode, sheet_on_a_desk, synthetic_photo, thick_marker_small_crop
 
 
 def pipeline(gray):
@@ -189,7 +189,9 @@ def test_number_comes_back_left_to_right(mnist):
     assert all(c.box[2] <= n.box[0] + 0.01 for c, n in itertools.pairwise(crops))
 
 
-@pytest.mark.parametrize("kind", ["white", "black", "gradient_noise", "lined", "dark_board"])
+@pytest.mark.parametrize(
+    "kind", ["white", "black", "gradient_noise", "lined", "dark_board", "sheet_on_a_desk"]
+)
 def test_blank_pages_have_no_digit(kind):
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:480, 0:640] / 640
@@ -199,9 +201,32 @@ def test_blank_pages_have_no_digit(kind):
         "gradient_noise": 0.6 + 0.35 * xx + rng.normal(0, 0.02, (480, 640)),
         "lined": np.where((np.arange(480) % 40 < 2)[:, None], 0.6, 0.93) * np.ones((1, 640)),
         "dark_board": 0.2 + 0.05 * yy + rng.normal(0, 0.01, (480, 640)),
+        "sheet_on_a_desk": np.where((abs(yy - 0.37) < 0.25) & (abs(xx - 0.5) < 0.3), 0.93, 0.4),
     }[kind]
     jpeg = encode(Image.fromarray((np.clip(page, 0, 1) * 255).astype(np.uint8)), "JPEG", quality=80)
     assert pipeline(decode_image(jpeg)).crops == []
+
+
+def test_a_sheet_with_the_desk_all_round_is_read_on_its_own(mnist):
+    gray = decode_image(sheet_on_a_desk(mnist, 0))  # 640x480 decoded, the sheet turned 6 degrees in it
+    assert 300 < gray.shape[0] < 400 and 400 < gray.shape[1] < 480
+    rim = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    assert (
+        rim.min() > 0.8
+    )  # paper all round: the desk, and its corners inside the turned sheet's box, are gone
+
+
+def test_a_desk_along_one_side_stays():
+    # The sheet reaches three of the photo's edges: the rest of the pipeline takes the desk for a shadow.
+    photo = np.full((300, 520), 0.3, np.float32)
+    photo[:, :400] = 0.95
+    photo[100:200, 180:200] = 0.1
+    assert decode_image(encode(Image.fromarray((photo * 255).astype(np.uint8)), "PNG")).shape == (300, 520)
+
+
+@pytest.mark.parametrize("index", range(10))
+def test_a_bold_digit_filling_a_close_crop_is_no_page(mnist, index):
+    assert decode_image(thick_marker_small_crop(mnist, index, size=160)).shape == (160, 160)
 
 
 def _lean(image: np.ndarray) -> float:

@@ -55,6 +55,10 @@ def test_reads_photos(shipped, mnist, label, variation):
         (photos.soft_doubled_light_on_dark, [8, 25, 0, 1]),
         (photos.tiny_in_corner, [26, 0, 1, 2]),
         (photos.saved_small, [2070, 2090, 2161, 2266]),  # binarised at 32 px, thin strokes broke
+        # The desk or window on the photo's rim passed for paper, the sheet or canvas for one huge stroke:
+        (photos.sheet_on_a_desk, [0, 1, 2, 3]),
+        (photos.canvas_in_a_screenshot, [0, 1, 2, 3]),
+        (photos.white_strokes_on_a_transparent_canvas, [0, 1, 2, 3]),  # flattened onto white: no digit
         (photos.pencil_under_a_flash, [0, 1, 2, 4]),  # the bright middle passed for light ink: read as "0"
         (photos.thick_marker_under_a_lamp, [0, 1, 4, 5]),  # the paper's dim side joined the strokes' width
         # Below the pipeline's thresholds, read since the classifier chooses among segmentations:
