@@ -149,7 +149,7 @@ def transparent(gray: np.ndarray, writer_seed: int) -> np.ndarray:
 
 
 def _gray(path: Path) -> np.ndarray:
-    """The image as 8-bit gray, upright, transparency onto white (as recognizer.images reads it)."""
+    """The image as 8-bit gray, upright, transparency onto white (the dev images are all opaque)."""
     image = ImageOps.exif_transpose(Image.open(path))
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))

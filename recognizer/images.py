@@ -34,6 +34,7 @@ WORK_SIZE = 640  # longest side the pipeline works at; enough for digits, fast o
 SMALL_IMAGE = 56
 MIN_WORK_SIZE = 112
 STRIP_ROWS = 256  # transparency is flattened this many rows at a time
+INK_COVERS = 1 / 3  # at most this share of a transparent image is drawn when what is drawn is the ink
 UPRIGHT = {  # EXIF orientation -> the transpose that shows the image as the camera saw it
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -104,20 +105,21 @@ def _shrunk_gray(image: Image.Image, work_size: int) -> Image.Image:
 
 
 def _flattened(image: Image.Image) -> Image.Image:
-    """Transparency composited strip by strip onto paper the drawing stands out from: white, or black when
-    nothing opaque is dark (white strokes on a canvas exported without a background). A cut-out page keeps
-    white: its ink is dark."""
+    """Transparency composited strip by strip onto paper the drawing stands out from: white, or black under a
+    light drawing that covers little of the image (white strokes on a canvas exported without a background).
+    A cut-out page is light too, but covers much of it."""
     strips = [
         (0, top, image.width, min(top + STRIP_ROWS, image.height))
         for top in range(0, image.height, STRIP_ROWS)
     ]
-    darkest = 255
+    drawn = light = 0.0  # opacity, and gray level times opacity, summed: faint strokes weigh little
     for strip in strips:
         rgba = image.crop(strip).convert("RGBA")
-        opaque = np.asarray(rgba.getchannel("A")) >= 128
-        if opaque.any():
-            darkest = min(darkest, int(np.asarray(rgba.convert("L"))[opaque].min()))
-    gray = Image.new("L", image.size, 0 if darkest > 127 else 255)
+        opacity = np.asarray(rgba.getchannel("A"), dtype=np.float64) / 255
+        drawn += float(opacity.sum())
+        light += float((opacity * np.asarray(rgba.convert("L"))).sum())
+    strokes = light > 127 * drawn and drawn < INK_COVERS * image.width * image.height
+    gray = Image.new("L", image.size, 0 if strokes else 255)
     for strip in strips:
         rgba = image.crop(strip).convert("RGBA")
         gray.paste(rgba.convert("L"), strip[:2], rgba.getchannel("A"))

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
-from scipy import ndimage
+from PIL import Image, ImageDraw
+from scipy import ndimage, spatial
 
 MNIST_STROKE = 2.85  # median stroke width of MNIST digits in 28x28 pixels, measured with stroke_width()
 MAX_DIGITS = 8  # more separate marks than this is a page of text or a texture, not a number
@@ -24,9 +24,11 @@ LINE_SPAN = 0.8  # a run of ink this much of the image long is a paper line, not
 LINE_SLOPES = tuple(np.tan(np.radians([-4.5, -3.0, -1.5, 0.0, 1.5, 3.0, 4.5])).tolist())
 MAX_LEAN = 15  # degrees from upright that MNIST's writers lean, and the model learnt (with augmentation)
 MIN_INK_CONTRAST = 0.08  # ink at least this much darker (or lighter) than the paper, in [0, 1] gray levels
-PAGE_CONTRAST = 0.12  # a page stands out this much (gray levels) from the desk or screen around it...
-MIN_PAGE = 0.2  # ...covers at least this share of the photo, and is a rectangle (at least this share of one)
-PAGE_FILL = 0.85
+PAGE_CONTRAST = 0.12  # a page stands out this much (gray levels) from the desk or screen around it,
+MIN_PAGE = 0.2  # covers at least this share of the photo,
+PAGE_FILL = 0.85  # fills at least this share of a rectangle,
+PAGE_ASPECT = 3.0  # no longer than this times its width (a bold 1 filling a close crop is a long bar),
+PAGE_INK_WIDTH = 0.25  # and what is on it like the desk is no wider than this share of it (a bold 0's loop)
 PAGE_TILTS = np.arange(-20.0, 20.1, 2.5)  # degrees a page may be turned in the photo
 SMALLEST_PAGE_PHOTO = 128  # px; smaller images are crops and drawings (a bold 28 px 0, filled, is a square)
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -97,10 +99,12 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     drawing app's canvas in a screenshot): the rest of the pipeline takes a photo's rim for paper, and there
     it is the desk, so the page passed for one huge stroke. The photo as it is otherwise.
 
-    The page is the largest region that stands out from the rim, holes (its ink) filled: at least a fifth of
-    the photo, nearly a rectangle (turned up to 20 degrees), and standing out itself nearly everywhere: a
-    bold digit filling a close crop also stands out from its rim, but it is no rectangle, or its loops do
-    not stand out."""
+    The page is the largest region that stands out from the rim, its ink filled in: at least a fifth of the
+    photo, reaching at most two of its edges, nearly a rectangle (turned up to 20 degrees) no more than
+    three times as long as wide, standing out itself nearly everywhere, what is on it like the desk pen
+    strokes, thin beside the page, and something written on it. A bold digit filling a close crop also
+    stands out from its rim: a 1 is a long bar or has nothing on it, a 0 or an 8 is no rectangle, or its
+    loops are wide."""
     if min(gray.shape) < SMALLEST_PAGE_PHOTO:
         return gray
     factor = 4  # a page is large and its edges straight: a quarter of the resolution finds it
@@ -119,32 +123,44 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     sizes = ndimage.sum_labels(np.ones(labels.shape), labels, np.arange(1, count + 1))
     page = labels == 1 + int(np.argmax(sizes))
     edges = sum(bool(side.any()) for side in (page[0], page[-1], page[:, 0], page[:, -1]))
+    fill, length, width = _rectangle(page)
+    widest_ink = 2 * float(ndimage.distance_transform_edt(page & ~standing_out).max())
     if (
         sizes.max() < MIN_PAGE * coarse.size
         or edges > 2  # the desk is a strip along one side: the rest of the pipeline takes it for a shadow
+        or fill < PAGE_FILL
+        or length > PAGE_ASPECT * width
         or standing_out[page].mean() < 0.8
-        or _rectangle_fill(page) < PAGE_FILL
+        or widest_ink > PAGE_INK_WIDTH * width
     ):
         return gray
-    inner = ndimage.binary_erosion(page, iterations=2)  # off the page's edge and the shadow along it
-    if not inner.any():
-        return gray
-    ys, xs = np.nonzero(inner)
-    rows = slice(ys.min() * factor, (ys.max() + 1) * factor)
-    cols = slice(xs.min() * factor, (xs.max() + 1) * factor)
-    # A page turned in the photo leaves corners of desk inside its box: paper there, not a stroke.
+    # Its convex hull: a stroke running off the page's edge, dark as the desk, cuts into the region.
+    points = np.argwhere(page)[:, ::-1]  # (x, y)
+    outline = Image.new("1", page.shape[::-1])
+    ImageDraw.Draw(outline).polygon(points[spatial.ConvexHull(points).vertices].ravel().tolist(), fill=1)
+    hull = np.asarray(outline, bool)
+    rows, cols = (slice(s.start * factor, s.stop * factor) for s in ndimage.find_objects(hull.astype(int))[0])
+    # The desk round the page, corners of it inside a turned page's box, and the page's edge and the shadow
+    # along it become paper: a margin, so a digit near the edge does not touch the image's edge as a frame.
+    paper = np.float32(np.median(coarse[page & standing_out]))
+    inner = ndimage.binary_erosion(hull, iterations=2)
     inside = _resize(inner.astype(np.float32), gray.shape) > 0.5
-    return np.where(inside, gray, np.float32(np.median(coarse[inner])))[rows, cols]
+    cut = np.where(inside, gray, paper)[rows, cols]
+    # A page holds ink; a bold stroke taken for one is ink all over (and a blank sheet is read as it was).
+    if np.mean(np.abs(cut - paper) > PAGE_CONTRAST / 2) < 0.001:
+        return gray
+    return cut
 
 
-def _rectangle_fill(region: np.ndarray) -> float:
-    """How much of the tightest rectangle around `region`, turned by any of PAGE_TILTS, it fills."""
+def _rectangle(region: np.ndarray) -> tuple[float, float, float]:
+    """The tightest rectangle around `region`, turned by any of PAGE_TILTS: how much of it the region fills,
+    its length and its width."""
     ys, xs = np.nonzero(region)
-    best = 0.0
+    best = (0.0, 0.0, 0.0)
     for tilt in np.radians(PAGE_TILTS):
-        u = xs * np.cos(tilt) + ys * np.sin(tilt)
-        v = ys * np.cos(tilt) - xs * np.sin(tilt)
-        best = max(best, ys.size / ((np.ptp(u) + 1) * (np.ptp(v) + 1)))
+        u = np.ptp(xs * np.cos(tilt) + ys * np.sin(tilt)) + 1
+        v = np.ptp(ys * np.cos(tilt) - xs * np.sin(tilt)) + 1
+        best = max(best, (ys.size / (u * v), max(u, v), min(u, v)))
     return best
 
 

@@ -69,11 +69,27 @@ def test_light_strokes_on_a_transparent_canvas_are_flattened_onto_black(seven):
     assert gray.max() > 0.8
 
 
-def test_a_cut_out_page_on_transparency_stays_on_white(seven):
-    # Light paper with dark ink, transparent around it: the paper is light, but its ink is dark.
-    rgba = np.zeros((seven.height + 100, seven.width + 100, 4), np.uint8)
-    rgba[50:-50, 50:-50, :3] = np.asarray(seven)[..., None]
-    rgba[50:-50, 50:-50, 3] = 255
+def test_translucent_dark_strokes_stay_on_white(seven):
+    # A soft brush: black strokes at most 40% opaque.
+    rgba = np.zeros((*seven.size[::-1], 4), np.uint8)
+    rgba[..., 3] = (255 - np.asarray(seven)) * 0.4
+    gray = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert gray[0, 0] == pytest.approx(1.0)
+    assert gray.min() < 0.7
+
+
+@pytest.mark.parametrize("darkest", [25, 140])  # a pen, a faint pencil
+def test_a_cut_out_page_on_transparency_stays_on_white(seven, darkest):
+    # An oval of light paper with its ink, transparent around it (a phone's "lift subject"): light, but
+    # most of the image. Onto black, no rectangle, it would be one huge stroke.
+    height, width = seven.height * 2, seven.width * 2
+    rgba = np.zeros((height, width, 4), np.uint8)
+    ink = 1 - np.asarray(seven.resize((width, height)), np.float32) / 255
+    rgba[..., :3] = (235 - (235 - darkest) * ink)[..., None]
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgba[..., 3] = 255 * (
+        ((yy - height / 2) / (height / 2.1)) ** 2 + ((xx - width / 2) / (width / 2.1)) ** 2 < 1
+    )
     gray = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
     assert gray[0, 0] == pytest.approx(1.0)
 

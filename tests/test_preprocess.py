@@ -189,9 +189,7 @@ def test_number_comes_back_left_to_right(mnist):
     assert all(c.box[2] <= n.box[0] + 0.01 for c, n in itertools.pairwise(crops))
 
 
-@pytest.mark.parametrize(
-    "kind", ["white", "black", "gradient_noise", "lined", "dark_board", "sheet_on_a_desk"]
-)
+@pytest.mark.parametrize("kind", ["white", "black", "gradient_noise", "lined", "dark_board"])
 def test_blank_pages_have_no_digit(kind):
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:480, 0:640] / 640
@@ -201,7 +199,6 @@ def test_blank_pages_have_no_digit(kind):
         "gradient_noise": 0.6 + 0.35 * xx + rng.normal(0, 0.02, (480, 640)),
         "lined": np.where((np.arange(480) % 40 < 2)[:, None], 0.6, 0.93) * np.ones((1, 640)),
         "dark_board": 0.2 + 0.05 * yy + rng.normal(0, 0.01, (480, 640)),
-        "sheet_on_a_desk": np.where((abs(yy - 0.37) < 0.25) & (abs(xx - 0.5) < 0.3), 0.93, 0.4),
     }[kind]
     jpeg = encode(Image.fromarray((np.clip(page, 0, 1) * 255).astype(np.uint8)), "JPEG", quality=80)
     assert pipeline(decode_image(jpeg)).crops == []
@@ -227,6 +224,26 @@ def test_a_desk_along_one_side_stays():
 @pytest.mark.parametrize("index", range(10))
 def test_a_bold_digit_filling_a_close_crop_is_no_page(mnist, index):
     assert decode_image(thick_marker_small_crop(mnist, index, size=160)).shape == (160, 160)
+
+
+@pytest.mark.parametrize("paper", [0.92, 0.0])
+def test_a_bold_bar_is_no_page(paper):
+    # A marker's 1 filling a close crop is a rectangle that stands out from the rim, as a page does: too
+    # long for a page, and nothing is written on it.
+    for box in [(slice(30, 370), slice(55, 105)), (slice(60, 340), slice(40, 120))]:
+        crop = np.full((400, 160), paper, np.float32)
+        crop[box] = 0.92 - paper + 0.1
+        assert decode_image(encode(Image.fromarray((crop * 255).astype(np.uint8)), "PNG")).shape == (400, 160)
+
+
+def test_a_stroke_running_off_the_page_stays():
+    # The stroke is as dark as the desk, so it joins the desk and cuts into the page's region.
+    photo = np.full((480, 640), 0.2, np.float32)
+    photo[100:400, 150:450] = 0.95
+    photo[140:400, 290:305] = 0.1
+    gray = decode_image(encode(Image.fromarray((photo * 255).astype(np.uint8)), "PNG"))
+    assert gray.shape[0] < 480 and gray.shape[1] < 640  # the page, cut out
+    assert (gray < 0.3).sum() > 0.8 * 260 * 15  # and the stroke on it
 
 
 def _lean(image: np.ndarray) -> float:
