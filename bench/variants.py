@@ -21,6 +21,7 @@ transformations of real images, not new writers.
   and opacity: a canvas exported without a background, white strokes as well as black ones.
 
     python -m bench.variants slanted ../shared/data/realworld-dev /tmp/slanted
+    python -m bench.variants desk+lamp ../shared/data/realworld-dev /tmp/desk-lamp   # changes in turn
     python -m bench.real /tmp/slanted
     python -m bench.learning --real /tmp/slanted
 
@@ -194,11 +195,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("change", choices=sorted(CHANGES))
+    parser.add_argument("change", help=f"one of {', '.join(CHANGES)}, or several joined by + (desk+lamp)")
     parser.add_argument("folder", type=Path, help="labelled real images (labels.csv)")
     parser.add_argument("out", type=Path, help="where the copies go")
     args = parser.parse_args()
-    changed(args.folder, args.out, CHANGES[args.change])
+    names = args.change.split("+")
+    if unknown := [name for name in names if name not in CHANGES]:
+        parser.error(f"unknown change {', '.join(unknown)}")
+
+    def change(gray: np.ndarray, writer_seed: int) -> np.ndarray:
+        for name in names:
+            gray = CHANGES[name](gray, writer_seed)
+        return gray
+
+    changed(args.folder, args.out, change)
 
 
 if __name__ == "__main__":

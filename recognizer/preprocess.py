@@ -109,12 +109,24 @@ def within_page(gray: np.ndarray) -> np.ndarray:
         return gray
     factor = 4  # a page is large and its edges straight: a quarter of the resolution finds it
     coarse = _shrink(gray, factor)
-    rim = np.concatenate(
-        [coarse[:2].ravel(), coarse[-2:].ravel(), coarse[:, :2].ravel(), coarse[:, -2:].ravel()]
-    )
-    desk = float(np.median(rim))
-    spread = max(PAGE_CONTRAST, 3 * 1.4826 * float(np.median(np.abs(rim - desk))))
-    if np.mean(np.abs(rim - desk) > spread) > 0.45:  # the rim is mostly not one surface: no desk around
+    on_rim = np.ones(coarse.shape, bool)
+    on_rim[2:-2, 2:-2] = False
+    # The desk's gray level: the rim's median, or, lit unevenly (a lamp, a flash), a smooth surface fitted to
+    # the rim, the page left out, where it fits the rim far better (under even light its bends are noise).
+    terms = _quadratic(*(np.linspace(-1.0, 1.0, n) for n in coarse.shape))
+    values, used = coarse[on_rim], terms[on_rim]
+    desk = np.full(coarse.shape, np.median(values))
+    residual = even = values - np.median(values)
+    for _ in range(3):
+        fitted = np.abs(residual) < max(PAGE_CONTRAST, 3 * 1.4826 * np.median(np.abs(residual)))
+        fit = np.linalg.lstsq(used[fitted], values[fitted], rcond=None)[0]
+        residual = values - used @ fit
+    if np.median(np.abs(residual)) < 0.5 * np.median(np.abs(even)):
+        desk = terms @ fit
+    else:
+        residual = even
+    spread = max(PAGE_CONTRAST, 3 * 1.4826 * float(np.median(np.abs(residual))))
+    if np.mean(np.abs(residual) > spread) > 0.45:  # the rim is mostly not one surface: no desk around
         return gray
     standing_out = np.abs(coarse - desk) > spread
     labels, count = ndimage.label(ndimage.binary_fill_holes(standing_out))

@@ -1,5 +1,6 @@
 """The photo pipeline: polarity, paper lines, broken strokes, numbers, blank pages, MNIST-like output."""
 
+import io
 import itertools
 
 import numpy as np
@@ -211,6 +212,16 @@ def test_a_sheet_with_the_desk_all_round_is_read_on_its_own(mnist):
     assert (
         rim.min() > 0.8
     )  # paper all round: the desk, and its corners inside the turned sheet's box, are gone
+
+
+@pytest.mark.parametrize("across", [False, True])
+def test_a_sheet_on_a_desk_under_a_lamp_is_read_on_its_own(mnist, across):
+    # The light falls to a third across the photo: the desk on the rim is no one gray level.
+    photo = np.asarray(Image.open(io.BytesIO(sheet_on_a_desk(mnist, 0))).convert("L"), np.float32) / 255
+    light = np.linspace(1.0, 0.35, photo.shape[1] if across else photo.shape[0])
+    photo *= light[None, :] if across else light[:, None]
+    gray = decode_image(encode(Image.fromarray((photo * 255).astype(np.uint8)), "PNG"))
+    assert 300 < gray.shape[0] < 400 and 400 < gray.shape[1] < 480
 
 
 def test_a_desk_along_one_side_stays():
