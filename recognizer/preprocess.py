@@ -100,8 +100,8 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     it is the desk, so the page passed for one huge stroke. The photo as it is otherwise.
 
     The page is the largest region that stands out from the rim, its ink filled in: at least a fifth of the
-    photo, reaching at most two of its edges, nearly a rectangle (turned up to 20 degrees) no more than
-    three times as long as wide, standing out itself nearly everywhere, what is on it like the desk pen
+    photo, reaching at most two adjacent edges of it, nearly a rectangle (turned up to 20 degrees) no more
+    than three times as long as wide, standing out itself nearly everywhere, what is on it like the desk pen
     strokes, thin beside the page, and something written on it. A bold digit filling a close crop also
     stands out from its rim: a 1 is a long bar or has nothing on it, a 0 or an 8 is no rectangle, or its
     loops are wide."""
@@ -134,12 +134,16 @@ def within_page(gray: np.ndarray) -> np.ndarray:
         return gray
     sizes = ndimage.sum_labels(np.ones(labels.shape), labels, np.arange(1, count + 1))
     page = labels == 1 + int(np.argmax(sizes))
-    edges = sum(bool(side.any()) for side in (page[0], page[-1], page[:, 0], page[:, -1]))
+    top, bottom, left, right = (bool(side.any()) for side in (page[0], page[-1], page[:, 0], page[:, -1]))
     fill, length, width = _rectangle(page)
     widest_ink = 2 * float(ndimage.distance_transform_edt(page & ~standing_out).max())
     if (
         sizes.max() < MIN_PAGE * coarse.size
-        or edges > 2  # the desk is a strip along one side: the rest of the pipeline takes it for a shadow
+        # The desk is a strip along one side (the rest of the pipeline takes it for a shadow), or the "page"
+        # is the lit (or shaded) band across the photo by a shadow: a page shows the desk on 2 adjacent sides.
+        or top + bottom + left + right > 2
+        or (top and bottom)
+        or (left and right)
         or fill < PAGE_FILL
         or length > PAGE_ASPECT * width
         or standing_out[page].mean() < 0.8
