@@ -61,6 +61,13 @@ def _quadratic(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1)
 
 
+def _rim(shape: tuple[int, ...]) -> np.ndarray:
+    """The outer two pixels all round an image of this shape, as a mask."""
+    rim = np.ones(shape, bool)
+    rim[2:-2, 2:-2] = False
+    return rim
+
+
 def _log_light(coarse: np.ndarray) -> np.ndarray:
     """The light falling on the paper, as log gray levels at `coarse`'s resolution: a smooth surface fitted
     to the log gray levels with the ink left out. Distances from it are reflectance ratios: ink darkens
@@ -72,9 +79,7 @@ def _log_light(coarse: np.ndarray) -> np.ndarray:
     values = sample.ravel()
     # The paper's spread is measured on the rim, mostly paper: a bold digit filling a close crop is half its
     # pixels, and a fit to them all bends towards the ink and takes it for paper.
-    rim = np.ones(sample.shape, bool)
-    rim[2:-2, 2:-2] = False
-    rim = rim.ravel()
+    rim = _rim(sample.shape).ravel()
     residual = values - np.median(values[rim])  # the first fit: even light
     for _ in range(3):  # leave out what is far from the fit (ink), fit again
         paper = np.abs(residual) < 3 * 1.4826 * np.median(np.abs(residual[rim])) + 1e-3
@@ -109,14 +114,13 @@ def within_page(gray: np.ndarray) -> np.ndarray:
         return gray
     factor = 4  # a page is large and its edges straight: a quarter of the resolution finds it
     coarse = _shrink(gray, factor)
-    on_rim = np.ones(coarse.shape, bool)
-    on_rim[2:-2, 2:-2] = False
     # The desk's gray level: the rim's median, or, lit unevenly (a lamp, a flash), a smooth surface fitted to
     # the rim, the page left out, where it fits the rim far better (under even light its bends are noise).
     terms = _quadratic(*(np.linspace(-1.0, 1.0, n) for n in coarse.shape))
+    on_rim = _rim(coarse.shape)
     values, used = coarse[on_rim], terms[on_rim]
-    desk = np.full(coarse.shape, np.median(values))
-    residual = even = values - np.median(values)
+    desk = np.median(values)
+    residual = even = values - desk
     for _ in range(3):
         fitted = np.abs(residual) < max(PAGE_CONTRAST, 3 * 1.4826 * np.median(np.abs(residual)))
         fit = np.linalg.lstsq(used[fitted], values[fitted], rcond=None)[0]
@@ -135,20 +139,19 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     sizes = ndimage.sum_labels(np.ones(labels.shape), labels, np.arange(1, count + 1))
     page = labels == 1 + int(np.argmax(sizes))
     top, bottom, left, right = (bool(side.any()) for side in (page[0], page[-1], page[:, 0], page[:, -1]))
-    fill, length, width = _rectangle(page)
-    widest_ink = 2 * float(ndimage.distance_transform_edt(page & ~standing_out).max())
     if (
-        sizes.max() < MIN_PAGE * coarse.size
+        sizes.max() < MIN_PAGE * coarse.size  # most photos end here: their largest such region is a digit
         # The desk is a strip along one side (the rest of the pipeline takes it for a shadow), or the "page"
         # is the lit (or shaded) band across the photo by a shadow: a page shows the desk on 2 adjacent sides.
         or top + bottom + left + right > 2
         or (top and bottom)
         or (left and right)
-        or fill < PAGE_FILL
-        or length > PAGE_ASPECT * width
         or standing_out[page].mean() < 0.8
-        or widest_ink > PAGE_INK_WIDTH * width
     ):
+        return gray
+    fill, length, width = _rectangle(page)
+    widest_ink = 2 * float(ndimage.distance_transform_edt(page & ~standing_out).max())
+    if fill < PAGE_FILL or length > PAGE_ASPECT * width or widest_ink > PAGE_INK_WIDTH * width:
         return gray
     # Its convex hull: a stroke running off the page's edge, dark as the desk, cuts into the region.
     points = np.argwhere(page)[:, ::-1]  # (x, y)
