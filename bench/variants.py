@@ -20,8 +20,15 @@ transformations of real images, not new writers.
 - `transparent`: each image's paper made transparent (black underneath), its ink kept as the ink's colour
   and opacity: a canvas exported without a background, white strokes as well as black ones.
 
+And numbers, where the dev set has single digits only: six per writer with 4 or more images, each 2-4 of
+that writer's images cropped to their ink and set side by side at one height on the writer's paper:
+
+- `numbers`: 12-42% of a digit's height apart (as people space them).
+- `touching`: -6% to +2% of a digit's height apart: touching or nearly (a number written quickly).
+
     python -m bench.variants slanted ../shared/data/realworld-dev /tmp/slanted
     python -m bench.variants desk+lamp ../shared/data/realworld-dev /tmp/desk-lamp   # changes in turn
+    python -m bench.variants touching ../shared/data/realworld-dev /tmp/touching
     python -m bench.real /tmp/slanted
     python -m bench.learning --real /tmp/slanted
 
@@ -39,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
+from scipy import ndimage
 
 
 def source(file: str) -> str:
@@ -191,14 +199,90 @@ def changed(folder: Path, out: Path, change: Callable[[np.ndarray, int], np.ndar
     return out
 
 
+NUMBER_GAPS = {"numbers": (0.12, 0.42), "touching": (-0.06, 0.02)}  # between digits, in digit heights
+NUMBER_HEIGHT = 120  # px, each digit's ink
+NUMBERS_PER_WRITER = 6  # (bench.learning --real takes writers with 6 or more images)
+
+
+def _ink_crop(gray: np.ndarray) -> np.ndarray:
+    """The image cut to its ink, with an eighth of the ink's height of paper around it; the ink: what is
+    over halfway from the paper to the darkest (lightest) ink, without specks."""
+    paper = _paper(gray)
+    extreme = np.percentile(gray, 0.5 if paper > 127 else 99.5)
+    ink = ndimage.binary_opening(np.abs(gray.astype(np.float64) - paper) > abs(extreme - paper) / 2)
+    labels, count = ndimage.label(ink)
+    if count:
+        areas = np.bincount(labels.ravel())[1:]
+        ink = np.isin(labels, 1 + np.flatnonzero(areas >= 0.05 * areas.max()))
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if not rows.size:
+        return gray
+    pad = max(2, (rows[-1] - rows[0]) // 8)
+    return gray[max(0, rows[0] - pad) : rows[-1] + 1 + pad, max(0, cols[0] - pad) : cols[-1] + 1 + pad]
+
+
+def numbers(folder: Path, out: Path, kind: str) -> Path:
+    """Numbers of each writer's digits (see the module's doc), in `out` with labels.csv."""
+    with open(folder / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    writers: dict[str, list[dict]] = {}
+    for row in rows:
+        writers.setdefault(source(row["file"]), []).append(row)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "labels.csv", "w", newline="") as g:
+        labels = csv.DictWriter(g, ["file", "label"])
+        labels.writeheader()
+        for writer, own in writers.items():
+            if len(own) < 4:
+                continue
+            rng = np.random.default_rng(zlib.crc32(writer.encode()))
+            for k in range(NUMBERS_PER_WRITER):
+                picked = [own[i] for i in rng.choice(len(own), int(rng.integers(2, 5)), replace=False)]
+                name = f"{writer}__number{k}.png"
+                number = _number([_gray(folder / r["file"]) for r in picked], kind, rng)
+                Image.fromarray(number).save(out / name)
+                labels.writerow({"file": name, "label": "".join(r["label"] for r in picked)})
+    return out
+
+
+def _number(digits: list[np.ndarray], kind: str, rng: np.random.Generator) -> np.ndarray:
+    crops = [_ink_crop(gray) for gray in digits]
+    papers = [_paper(crop) for crop in crops]
+    paper = float(np.median(papers))
+    dark = paper > 127
+    height, pad = NUMBER_HEIGHT, NUMBER_HEIGHT // 8  # the ink's height and the paper around it, once scaled
+    pieces = []
+    for crop, own in zip(crops, papers, strict=True):
+        matched = crop * (paper / max(own, 1)) if dark else crop + (paper - own)  # one paper for all
+        scale = (height + 2 * pad) / crop.shape[0]
+        size = (max(1, round(crop.shape[1] * scale)), height + 2 * pad)
+        image = Image.fromarray(np.clip(matched, 0, 255).astype(np.uint8))
+        pieces.append(np.asarray(image.resize(size, Image.Resampling.LANCZOS)).astype(np.float64))
+    gap = round(rng.uniform(*NUMBER_GAPS[kind]) * height) - 2 * pad  # between the crops, not their ink
+    page = np.full((2 * height, sum(p.shape[1] + gap for p in pieces) + height), paper)
+    left = height // 2
+    for piece in pieces:
+        top = (page.shape[0] - piece.shape[0]) // 2 + int(rng.integers(-height // 10, height // 10 + 1))
+        region = page[top : top + piece.shape[0], left : left + piece.shape[1]]
+        region[...] = np.minimum(region, piece) if dark else np.maximum(region, piece)
+        left += piece.shape[1] + gap
+    return page.astype(np.uint8)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("change", help=f"one of {', '.join(CHANGES)}, or several joined by + (desk+lamp)")
+    parser.add_argument(
+        "change",
+        help=f"one of {', '.join([*CHANGES, *NUMBER_GAPS])}, or changes joined by + (desk+lamp)",
+    )
     parser.add_argument("folder", type=Path, help="labelled real images (labels.csv)")
     parser.add_argument("out", type=Path, help="where the copies go")
     args = parser.parse_args()
+    if args.change in NUMBER_GAPS:
+        numbers(args.folder, args.out, args.change)
+        return
     names = args.change.split("+")
     if unknown := [name for name in names if name not in CHANGES]:
         parser.error(f"unknown change {', '.join(unknown)}")

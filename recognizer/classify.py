@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,13 @@ from recognizer.preprocess import DigitCrop, Segmentation, segmentations, uprigh
 # when it must be this sure (unsure MNIST training digits made wrong: 21 at 0.7, 5 at 0.99), and the turned
 # slanted digits it fixed read 0.999 and more.
 SURE_WHEN_TURNED = 0.99
+# A mark wider than this is two touching digits when its halves read surely, however surely it reads as one:
+# MNIST's widest 0s and 4s (1.1-1.25 times as wide as tall) cut in two read surely as 17, 67, 21 or 61;
+# touching pairs of the dev writers' digits were 1.15-1.9.
+TWO_DIGITS_ASPECT = 1.4
+# How surely the halves of a wide mark must read (and the whole must not) for it to be two digits: the
+# answer's threshold, min_confidence, may be set to anything (bench.photos sets 0: a 4 then read "11").
+SURE_WHEN_SPLIT = 0.7
 
 
 @dataclass(frozen=True)
@@ -120,43 +128,40 @@ class Recognizer:
         slant or a turned photo leans a digit farther than MNIST's writers did. Taken only if each turned
         digit reads at least SURE_WHEN_TURNED: turning is a second guess, and a digit's long axis is not
         always its slant (the stem of a 7 stands up as a 1)."""
-        readings = self._readings(options)
-        chosen = choose(readings)
+        chosen = choose(self._readings([option.crops for option in options]))
         if chosen.status != "unsure":
             return chosen
-        option = next(option for option, reading in zip(options, readings, strict=True) if reading is chosen)
-        unsure = [item.confidence < self.min_confidence for item in chosen.items]
+        images = list(chosen.inputs)
         crops = [
-            DigitCrop(crop.box, upright(crop.image)) if turn else crop
-            for crop, turn in zip(option.crops, unsure, strict=True)
+            DigitCrop(item.box, upright(image) if item.confidence < self.min_confidence else image)
+            for item, image in zip(chosen.items, images, strict=True)
         ]
-        if all(crop.image is kept.image for crop, kept in zip(crops, option.crops, strict=True)):
+        if all(crop.image is image for crop, image in zip(crops, images, strict=True)):
             return chosen  # nothing leans far enough to turn
-        turned = self._readings([Segmentation(crops, option.dark_ink)])[0]
-        least_sure = min(item.confidence for item, turn in zip(turned.items, unsure, strict=True) if turn)
+        turned = self._readings([crops])[0]
+        least_sure = min(
+            item.confidence
+            for item, kept in zip(turned.items, chosen.items, strict=True)
+            if kept.confidence < self.min_confidence
+        )
         return turned if turned.status == "ok" and least_sure >= SURE_WHEN_TURNED else chosen
 
-    def _readings(self, options: list[Segmentation]) -> list[Reading]:
-        """Each segmentation read, all of their digits in one model call."""
-        crops = [crop for option in options for crop in option.crops]
-        if not crops:
-            return [self._reading([], [], np.zeros((0, 28, 28), np.float32))]
-        inputs = np.stack([crop.image for crop in crops])
-        predictions = self.classify(inputs)
-        readings, start = [], 0
-        for option in options:
-            end = start + len(option.crops)
-            readings.append(self._reading(option.crops, predictions[start:end], inputs[start:end]))
-            start = end
-        return readings
-
-    def _reading(self, crops: list[DigitCrop], predictions: list[Prediction], inputs: np.ndarray) -> Reading:
-        if not crops:
-            return Reading("", 0.0, "no_digit", [], inputs)
-        items = [
-            DigitReading(p.digit, p.confidence, p.probabilities, crop.box)
-            for p, crop in zip(predictions, crops, strict=True)
+    def _readings(self, options: list[list[DigitCrop]]) -> list[Reading]:
+        """Each segmentation's digits read, all of them (and the halves of wide ones) in one model call."""
+        crops = [crop for option in options for crop in _with_halves(option)]
+        predictions = self.classify(np.stack([crop.image for crop in crops])) if crops else []
+        predicted = {id(crop): prediction for crop, prediction in zip(crops, predictions, strict=True)}
+        readings = [
+            self._reading([digit for crop in option for digit in _digits(crop, predicted)])
+            for option in options
         ]
+        return readings or [self._reading([])]
+
+    def _reading(self, digits: list[tuple[DigitCrop, Prediction]]) -> Reading:
+        inputs = np.array([crop.image for crop, _ in digits], np.float32).reshape(-1, 28, 28)
+        if not digits:
+            return Reading("", 0.0, "no_digit", [], inputs)
+        items = [DigitReading(p.digit, p.confidence, p.probabilities, crop.box) for crop, p in digits]
         confident = all(item.confidence >= self.min_confidence for item in items)
         return Reading(
             digits="".join(str(item.digit) for item in items),
@@ -165,6 +170,24 @@ class Recognizer:
             items=items,
             inputs=inputs,
         )
+
+
+def _digits(crop: DigitCrop, predicted: dict[int, Prediction]) -> list[tuple[DigitCrop, Prediction]]:
+    """A crop read as one digit, or as the two touching digits of its halves: when each half reads at least
+    SURE_WHEN_SPLIT and the whole does not, or the whole is wider than one digit is (TWO_DIGITS_ASPECT)."""
+    whole = [(crop, predicted[id(crop)])]
+    if crop.halves is None:
+        return whole
+    halves = [digit for half in crop.halves for digit in _digits(half, predicted)]
+    if all(p.confidence >= SURE_WHEN_SPLIT for _, p in halves) and (
+        whole[0][1].confidence < SURE_WHEN_SPLIT or crop.aspect >= TWO_DIGITS_ASPECT
+    ):
+        return halves
+    return whole
+
+
+def _with_halves(crops: Sequence[DigitCrop]) -> list[DigitCrop]:
+    return [each for crop in crops for each in (crop, *_with_halves(crop.halves or ()))]
 
 
 def choose(readings: list[Reading]) -> Reading:

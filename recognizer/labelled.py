@@ -25,7 +25,15 @@ from recognizer.augment import mnist_glyph, place
 from recognizer.classify import Reading, Recognizer
 from recognizer.images import decode_image
 from recognizer.prepare import prepare_photo
-from recognizer.preprocess import InkMap, _digit_groups, ink_map, ink_masks, stroke_width, to_mnist
+from recognizer.preprocess import (
+    InkMap,
+    _digit_groups,
+    ink_map,
+    ink_masks,
+    split_touching,
+    stroke_width,
+    to_mnist,
+)
 
 
 def read_and_keep(recognizer: Recognizer, photo: bytes | str | Path) -> tuple[Reading, bytes]:
@@ -49,21 +57,10 @@ def _merge_closest(groups: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _split_widest(groups: list[np.ndarray]) -> list[np.ndarray] | None:
-    """The widest group is cut in two at the column with the least ink in its middle half (two touching
-    digits meet where the ink is thinnest)."""
-    widths = [np.subtract(*_columns(g)[::-1]) for g in groups]
-    i = int(np.argmax(widths))
-    x0, x1 = _columns(groups[i])
-    if x1 - x0 < 4:
-        return None
-    profile = groups[i][:, x0:x1].sum(axis=0)
-    lo, hi = (x1 - x0) // 4, max((x1 - x0) * 3 // 4, (x1 - x0) // 4 + 1)
-    cut = x0 + lo + int(np.argmin(profile[lo:hi]))
-    left, right = groups[i].copy(), groups[i].copy()
-    left[:, cut:], right[:, :cut] = False, False
-    if not left.any() or not right.any():
-        return None
-    return [*groups[:i], left, right, *groups[i + 1 :]]
+    """The widest group cut in two where two touching digits would meet (preprocess.split_touching)."""
+    i = int(np.argmax([np.subtract(*_columns(g)[::-1]) for g in groups]))
+    halves = split_touching(groups[i], two=True)
+    return None if halves is None else [*groups[:i], *halves, *groups[i + 1 :]]
 
 
 def _exactly(groups: list[np.ndarray], count: int) -> list[np.ndarray] | None:

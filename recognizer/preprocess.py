@@ -2,7 +2,8 @@
 
 gray image (decoding cuts out the page when a desk shows all round it: within_page) -> remove illumination
 -> ink polarity -> binarize -> drop paper lines, frame edges, specks
--> group strokes into digits (left to right) -> per digit: normalise stroke width, fit a 20x20 box
+-> group strokes into digits (left to right; a wide mark also cut where touching digits would meet)
+-> per digit: normalise stroke width, fit a 20x20 box
 keeping the aspect ratio, anti-alias, centre by centre of mass in 28x28
 """
 
@@ -31,6 +32,13 @@ PAGE_ASPECT = 3.0  # no longer than this times its width (a bold 1 filling a clo
 PAGE_INK_WIDTH = 0.25  # and what is on it like the desk is no wider than this share of it (a bold 0's loop)
 PAGE_TILTS = np.arange(-20.0, 20.1, 2.5)  # degrees a page may be turned in the photo
 SMALLEST_PAGE_PHOTO = 128  # px; smaller images are crops and drawings (a bold 28 px 0, filled, is a square)
+TOUCHING_ASPECT = 1.1  # a mark this much wider than tall may be two touching digits,
+TOUCHING_HEIGHT = 0.8  # each of them at least this share of its height (half a slanted 8 is a 0, 55% as tall)
+TOUCHING_CUT = 1.25  # and they touch where a cut crosses at most this many stroke widths of ink (a 0: 2)
+TOUCHING_STROKES = 3  # a mark less than this many strokes tall is a dash or an underline, not two digits
+TOUCHING_DIGITS = 4  # one mark is read as at most this many touching digits (a wide one is cut again)
+TOUCHING_TRIES = 4  # cuts through different stretches of a mark tried before it is taken as one digit
+SIDE_STEP = 0.2  # what a step sideways costs a cut between touching digits, against 1 for a pixel of ink
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
@@ -38,6 +46,8 @@ _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 class DigitCrop:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the image width and height
     image: np.ndarray  # float32 (28, 28) in [0, 1], white ink on black: the model's input
+    aspect: float = 1.0  # width / height, in pixels (read only where it has halves)
+    halves: tuple[DigitCrop, DigitCrop] | None = None  # a wide mark cut where two touching digits would meet
 
 
 @dataclass(frozen=True)
@@ -586,6 +596,64 @@ def _join_fragments(groups: list[_Marks]) -> None:
                 grown, joined = max(grown, digit.height), True
 
 
+def split_touching(digit: np.ndarray, two: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+    """A digit's mask cut in two where two touching digits meet, or None: along the path from its top to its
+    bottom through the least ink (a step sideways costs a little, so it runs straight where it can; among
+    equal paths the one nearest the middle), crossing at most TOUCHING_CUT stroke widths of it, both sides
+    at least TOUCHING_HEIGHT as tall as the whole (a 7's bar cut off is no digit), the whole at least
+    TOUCHING_STROKES strokes tall (a dash is no two digits). Where a label says it is `two` digits, the
+    cheapest cut through its middle half is taken, as the label-constrained segmentation needs one."""
+    if not digit.any():
+        return None
+    rows, cols = ndimage.find_objects(digit.astype(np.int8))[0]
+    box = digit[rows, cols]
+    height, width = box.shape
+    stroke = stroke_width(box)
+    if width < 6 or (not two and height < TOUCHING_STROKES * stroke):
+        return None
+    ink = box.astype(np.float64)
+    margin = width // 4 if two else max(1, width // 8)  # a cut, not a trim of the edge
+    ink[:, :margin] = ink[:, width - margin :] = np.inf
+    aslant = math.sqrt(2) * ink + SIDE_STEP  # a diagonal step goes sqrt(2) times as far through ink
+    # total[y, x]: the cheapest path from the top to (y, x), which came from column x + step[y, x] above.
+    total, step = ink.copy(), np.zeros(box.shape, np.int64)
+    for y in range(1, height):
+        above = total[y - 1]
+        ways = np.stack(
+            [above + ink[y], np.r_[np.inf, above[:-1]] + aslant[y], np.r_[above[1:], np.inf] + aslant[y]]
+        )
+        way = ways.argmin(axis=0)
+        total[y], step[y] = ways[way, np.arange(width)], np.array([0, -1, 1])[way]
+    most_ink = np.inf if two else TOUCHING_CUT * stroke
+    tall = box.any(axis=1).sum()
+    tried: list[int] = []
+    for end in np.lexsort((np.abs(np.arange(width) - width / 2), total[-1])):
+        if not np.isfinite(total[-1, end]) or total[-1, end] - SIDE_STEP * height > most_ink:
+            break  # this path crosses more ink than that, and so does every one after it (they cost more)
+        if any(abs(end - other) < width / 16 for other in tried):
+            continue  # the same valley
+        if len(tried) == TOUCHING_TRIES:
+            break
+        tried.append(int(end))
+        cut = np.empty(height, np.int64)
+        cut[-1] = end
+        for y in range(height - 1, 0, -1):
+            cut[y - 1] = cut[y] + step[y, cut[y]]
+        moved = np.r_[False, cut[1:] != cut[:-1]]
+        if (box[np.arange(height), cut] * np.where(moved, math.sqrt(2), 1.0)).sum() > most_ink:
+            continue
+        left, right = box & (np.arange(width) < cut[:, None]), box & (np.arange(width) > cut[:, None])
+        shortest = min(left.any(axis=1).sum(), right.any(axis=1).sum())
+        if shortest >= TOUCHING_HEIGHT * tall or (two and shortest > 0):
+            parts = []
+            for side in (left, right):
+                part = np.zeros_like(digit)
+                part[rows, cols] = side
+                parts.append(part)
+            return parts[0], parts[1]
+    return None
+
+
 def to_mnist(digit: np.ndarray) -> np.ndarray:
     """A boolean mask of one digit -> float32 (28, 28): stroke width normalised, fit into 20x20 keeping the
     aspect ratio, anti-aliased by area averaging, and centred by its centre of mass, as MNIST was made."""
@@ -639,15 +707,24 @@ def upright(image: np.ndarray) -> np.ndarray:
     return to_mnist(turned) if turned.any() else image
 
 
+def _crop(digit: np.ndarray, most: int = TOUCHING_DIGITS) -> DigitCrop:
+    """One digit's mask -> its model input; a wide one also cut in two, as if it were up to `most` touching
+    digits (the classifier decides which it is)."""
+    h, w = digit.shape
+    ys, xs = np.nonzero(digit)
+    aspect = (xs.max() + 1 - xs.min()) / (ys.max() + 1 - ys.min())
+    halves = split_touching(digit) if aspect >= TOUCHING_ASPECT and most >= 2 else None
+    return DigitCrop(
+        box=(xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h),
+        image=to_mnist(digit),
+        aspect=float(aspect),
+        halves=None if halves is None else (_crop(halves[0], most // 2), _crop(halves[1], most // 2)),
+    )
+
+
 def segment(mask: np.ndarray, dark_ink: bool) -> Segmentation:
     """An ink mask -> its digits as MNIST-style inputs, left to right."""
-    h, w = mask.shape
-    crops = []
-    for digit in _digit_groups(mask):
-        ys, xs = np.nonzero(digit)
-        box = (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
-        crops.append(DigitCrop(box=box, image=to_mnist(digit)))
-    return Segmentation(crops=crops, dark_ink=dark_ink)
+    return Segmentation(crops=[_crop(digit) for digit in _digit_groups(mask)], dark_ink=dark_ink)
 
 
 def segmentations(gray: np.ndarray) -> list[Segmentation]:

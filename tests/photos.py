@@ -169,6 +169,25 @@ def saved_small(mnist, indices: int | list[int], size: int = 32) -> bytes:
     return encode(canvas.resize((size * len(indices), size), Image.Resampling.LANCZOS), "PNG")
 
 
+def touching(mnist, indices: list[int], height: int = 160) -> bytes:
+    """MNIST test digits written side by side, each slid left until its ink touches the digit before it
+    (a number written quickly), dark pen on white paper, as a JPEG."""
+    glyphs = [mnist_glyph(mnist.x_test[i], height) for i in indices]
+    page = np.zeros((2 * height, sum(g.shape[1] for g in glyphs) + 2 * height), np.float32)
+    left = height
+    for glyph in glyphs:
+        written = ndimage.binary_dilation(page > 0.5)
+        while written.any() and left > 0 and not (_placed(glyph, page, left - 1) & written).any():
+            left -= 1
+        page = np.maximum(page, _placed(glyph, page, left))
+        left += glyph.shape[1]
+    return encode(_rgb(1 - 0.85 * page), "JPEG", quality=90)
+
+
+def _placed(glyph: np.ndarray, page: np.ndarray, left: int) -> np.ndarray:
+    return place(glyph, page.shape, (page.shape[0] - glyph.shape[0]) // 2, left) > 0.5
+
+
 def half_faded(mnist, index: int) -> bytes:
     """The left half of a digit's ink four times fainter than the right, as a blurred photo loses a loop's
     thin side: above the paper, below the pipeline's stroke threshold."""

@@ -18,7 +18,7 @@ from recognizer.prepare import photo_to_keep
 from recognizer.preprocess import ink_map, stroke_width
 from storage.db import connect, sqlite_url
 from storage.repository import Store
-from tests.photos import digit_on_paper, encode, soft_doubled_light_on_dark, synthetic_photo
+from tests.photos import digit_on_paper, encode, soft_doubled_light_on_dark, synthetic_photo, touching
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,16 @@ def test_a_number_is_split_into_as_many_inputs_as_its_label(mnist, shipped):
     assert [shipped.classify(x).digit for x in inputs_for_label(shipped, photo, "2024")] == [2, 0, 2, 4]
     merged = inputs_for_label(shipped, photo, "202")  # one digit fewer: neighbours merge
     assert merged.shape == (3, 28, 28)
+
+
+@pytest.mark.parametrize("indices", [[840, 485], [7670, 2306], [1149, 1323], [5036, 5022]])
+def test_a_touching_number_reaches_training_as_its_digits(shipped, mnist, indices):
+    # Each is read as one digit (0, 4, 8, 4: too narrow, or too sure, to be two), and cut straight at its
+    # thinnest column the inputs were 47, 61, 81, 17; cut where the two meet they read as the label.
+    photo, label = touching(mnist, indices), "".join(str(mnist.y_test[i]) for i in indices)
+    assert len(shipped.read(photo).digits) == 1
+    inputs = inputs_for_label(shipped, photo, label)
+    assert "".join(str(p.digit) for p in shipped.classify(inputs)) == label
 
 
 def test_a_blank_photo_cannot_be_matched_to_a_label(shipped):

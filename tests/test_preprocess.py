@@ -15,6 +15,7 @@ from recognizer.preprocess import (
     find_lines,
     remove_lines,
     segmentations,
+    split_touching,
     stroke_width,
     to_mnist,
     upright,
@@ -188,6 +189,47 @@ def test_number_comes_back_left_to_right(mnist):
     lefts = [c.box[0] for c in crops]
     assert lefts == sorted(lefts)
     assert all(c.box[2] <= n.box[0] + 0.01 for c, n in itertools.pairwise(crops))
+
+
+def _ring(mask: np.ndarray, top: int, left: int, size: tuple[int, int] = (100, 100)) -> None:
+    page = Image.new("1", mask.shape[::-1])
+    ImageDraw.Draw(page).ellipse([left, top, left + size[0], top + size[1]], outline=1, width=8)
+    mask |= np.asarray(page)
+
+
+def test_touching_digits_are_cut_where_they_meet():
+    """Two 0s written without lifting the pen, a stroke from one to the other: the cut runs through that
+    stroke, not through a loop."""
+    mask = np.zeros((200, 300), bool)
+    _ring(mask, 50, 50)
+    _ring(mask, 50, 170)
+    mask[96:104, 145:175] = True
+    halves = split_touching(mask)
+    assert halves is not None
+    left, right = halves
+    assert np.flatnonzero(left.any(axis=0)).max() < 175 and np.flatnonzero(right.any(axis=0)).min() > 145
+    assert left.sum() + right.sum() >= mask.sum() - 1.25 * 8  # only the cut's pixels lost
+    crop = pipeline(np.where(mask, 0.1, 0.9).astype(np.float32)).crops[0]
+    assert crop.aspect == pytest.approx(221 / 101) and crop.halves is not None
+
+
+def _diagonal(mask: np.ndarray) -> None:
+    for y in range(20, 180):
+        mask[y, 2 * y - 30 : 2 * y - 20] = True
+
+
+@pytest.mark.parametrize(
+    ("name", "draw"),
+    [
+        ("a wide 0: a cut crosses two strokes", lambda mask: _ring(mask, 25, 50, size=(130, 100))),
+        ("a stroke lying far over: each half is half as tall", _diagonal),
+        ("a dash: a stroke tall", lambda mask: mask.__setitem__((slice(95, 105), slice(50, 250)), True)),
+    ],
+)
+def test_one_digit_is_not_cut(name, draw):
+    mask = np.zeros((200, 300), bool)
+    draw(mask)
+    assert split_touching(mask) is None, name
 
 
 @pytest.mark.parametrize("kind", ["white", "black", "gradient_noise", "lined", "dark_board"])

@@ -79,6 +79,73 @@ def test_reads_a_number_saved_at_mnists_size(shipped, mnist):
     assert reading.digits == "".join(str(mnist.y_test[i]) for i in indices)
 
 
+@pytest.mark.parametrize(
+    "indices",
+    [[9350, 5598], [3754, 5253], [5292, 2302], [4065, 8190], [9138, 5091], [7344, 7492], [4526, 7884, 3296]],
+)
+def test_reads_a_number_whose_digits_touch(shipped, mnist, indices):
+    # Each pair was read as one digit (45 as 5, 50 as 8, 21 as 2, 07 as 0, 61 as 4, 12 as 2; 397 as 9).
+    reading = shipped.read(photos.touching(mnist, indices))
+    assert reading.digits == "".join(str(mnist.y_test[i]) for i in indices)
+
+
+def _mark(mnist, aspect: float, whole: np.ndarray) -> DigitCrop:
+    """A mark `aspect` times as wide as tall, read as `whole`, whose halves are test digits 0 and 1 (7, 2)."""
+    halves = tuple(DigitCrop((0.0, 0.0, 1.0, 1.0), mnist.x_test[i] / 255) for i in (0, 1))
+    return DigitCrop((0.0, 0.0, 1.0, 1.0), whole, aspect, halves)
+
+
+@pytest.mark.parametrize(
+    ("whole", "aspect", "read"),
+    [
+        ("unsure", 1.2, "72"),  # it is no one digit, and its halves are surely two
+        ("sure", 1.2, "3"),  # as wide as a wide 0 or 4: one digit
+        ("sure", 1.5, "72"),  # wider than one digit is
+    ],
+)
+def test_a_wide_mark_is_read_as_two_digits_when_its_halves_are_surer(shipped, mnist, whole, aspect, read):
+    image = (
+        np.maximum(mnist.x_test[0], mnist.x_test[1]) / 255 if whole == "unsure" else mnist.x_test[18] / 255
+    )
+    assert (shipped.classify(image).confidence >= shipped.min_confidence) == (whole == "sure")
+    reading = shipped.reading([Segmentation([_mark(mnist, aspect, image)], dark_ink=True)])
+    assert reading.digits == read and len(reading.inputs) == len(read)
+
+
+@pytest.mark.parametrize("threshold", [0.7, 0.0])
+def test_a_wide_mark_with_an_unsure_half_is_one_digit(shipped, mnist, threshold):
+    # Whatever the answer's threshold: set to 0 (bench.photos does), a 4 in a photo read "11".
+    recognizer = Recognizer(shipped.model, min_confidence=threshold)
+    unsure = np.maximum(mnist.x_test[0], mnist.x_test[1]) / 255
+    mark = _mark(mnist, 1.5, mnist.x_test[18] / 255)
+    mark = DigitCrop(mark.box, mark.image, mark.aspect, (mark.halves[0], DigitCrop(mark.box, unsure)))
+    assert recognizer.reading([Segmentation([mark], dark_ink=True)]).digits == "3"
+
+
+def test_an_unsure_reading_with_nothing_to_turn_is_one_model_call(shipped, mnist, monkeypatch):
+    calls = []
+    classify = shipped.classify
+    monkeypatch.setattr(shipped, "classify", lambda images: calls.append(len(images)) or classify(images))
+    unsure = np.maximum(mnist.x_test[0], mnist.x_test[1]) / 255  # round: upright leaves it as it is
+    reading = shipped.reading([Segmentation([DigitCrop((0.0, 0.0, 1.0, 1.0), unsure)], dark_ink=True)])
+    assert reading.status == "unsure" and calls == [1]
+
+
+@pytest.mark.parametrize("index", [33, 297, 561, 2145])
+def test_a_wide_digit_is_one_digit(shipped, mnist, index):
+    # Wide 4s and 0s, cut where two touching digits would meet, read surely as 21, 17, 67 and 61.
+    reading = shipped.read(encode(photos.digit_on_paper(mnist, index), "PNG"))
+    assert reading.digits == str(mnist.y_test[index])
+
+
+@pytest.mark.parametrize(("index", "angle"), [(192, -35), (794, -45), (997, -35)])
+def test_a_slanted_zero_is_one_digit(shipped, mnist, index, angle):
+    # Wide enough to be two digits, and its halves read surely as 6 and 7; but a cut through a 0 crosses
+    # two strokes, where touching digits meet at one.
+    reading = shipped.read(np.asarray(_leaning(mnist, index, angle, size=(400, 400)), np.float32) / 255)
+    assert reading.digits == "0"
+
+
 @pytest.mark.parametrize("seed", [0, 6, 17, 19])
 def test_a_shadows_edge_is_not_a_stroke(shipped, mnist, seed):
     """A shadow across the page, which the smooth light does not follow, leaves a long band a little darker
