@@ -59,7 +59,7 @@ def _merge_closest(groups: list[np.ndarray]) -> list[np.ndarray]:
 def _split_widest(groups: list[np.ndarray]) -> list[np.ndarray] | None:
     """The widest group cut in two where two touching digits would meet (preprocess.split_touching)."""
     i = int(np.argmax([np.subtract(*_columns(g)[::-1]) for g in groups]))
-    halves = split_touching(groups[i], two=True)
+    halves = split_touching(groups[i], labelled=True)
     return None if halves is None else [*groups[:i], *halves, *groups[i + 1 :]]
 
 

@@ -32,7 +32,7 @@ PAGE_ASPECT = 3.0  # no longer than this times its width (a bold 1 filling a clo
 PAGE_INK_WIDTH = 0.25  # and what is on it like the desk is no wider than this share of it (a bold 0's loop)
 PAGE_TILTS = np.arange(-20.0, 20.1, 2.5)  # degrees a page may be turned in the photo
 SMALLEST_PAGE_PHOTO = 128  # px; smaller images are crops and drawings (a bold 28 px 0, filled, is a square)
-TOUCHING_ASPECT = 1.1  # a mark this much wider than tall may be two touching digits,
+TOUCHING_ASPECT = 1.1  # a mark at least this many times as wide as tall may be two touching digits,
 TOUCHING_HEIGHT = 0.8  # each of them at least this share of its height (half a slanted 8 is a 0, 55% as tall)
 TOUCHING_CUT = 1.25  # and they touch where a cut crosses at most this many stroke widths of ink (a 0: 2)
 TOUCHING_STROKES = 3  # a mark less than this many strokes tall is a dash or an underline, not two digits
@@ -596,23 +596,27 @@ def _join_fragments(groups: list[_Marks]) -> None:
                 grown, joined = max(grown, digit.height), True
 
 
-def split_touching(digit: np.ndarray, two: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+def split_touching(digit: np.ndarray, labelled: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """A digit's mask cut in two where two touching digits meet, or None: along the path from its top to its
     bottom through the least ink (a step sideways costs a little, so it runs straight where it can; among
     equal paths the one nearest the middle), crossing at most TOUCHING_CUT stroke widths of it, both sides
     at least TOUCHING_HEIGHT as tall as the whole (a 7's bar cut off is no digit), the whole at least
-    TOUCHING_STROKES strokes tall (a dash is no two digits). Where a label says it is `two` digits, the
-    cheapest cut through its middle half is taken, as the label-constrained segmentation needs one."""
+    TOUCHING_STROKES strokes tall (a dash is no two digits). Where a label says it is two digits
+    (`labelled`), the cheapest cut through its middle half is taken, as the label-constrained segmentation
+    needs one."""
     if not digit.any():
         return None
     rows, cols = ndimage.find_objects(digit.astype(np.int8))[0]
     box = digit[rows, cols]
     height, width = box.shape
-    stroke = stroke_width(box)
-    if width < 6 or (not two and height < TOUCHING_STROKES * stroke):
+    if width < 4:  # a column on each side of the cut, and the cut
         return None
+    stroke = 0.0 if labelled else stroke_width(box)  # a label needs no limits
+    if height < TOUCHING_STROKES * stroke:
+        return None
+    most_ink = np.inf if labelled else TOUCHING_CUT * stroke
     ink = box.astype(np.float64)
-    margin = width // 4 if two else max(1, width // 8)  # a cut, not a trim of the edge
+    margin = width // 4 if labelled else max(1, width // 8)  # a cut, not a trim of the edge
     ink[:, :margin] = ink[:, width - margin :] = np.inf
     aslant = math.sqrt(2) * ink + SIDE_STEP  # a diagonal step goes sqrt(2) times as far through ink
     # total[y, x]: the cheapest path from the top to (y, x), which came from column x + step[y, x] above.
@@ -624,7 +628,6 @@ def split_touching(digit: np.ndarray, two: bool = False) -> tuple[np.ndarray, np
         )
         way = ways.argmin(axis=0)
         total[y], step[y] = ways[way, np.arange(width)], np.array([0, -1, 1])[way]
-    most_ink = np.inf if two else TOUCHING_CUT * stroke
     tall = box.any(axis=1).sum()
     tried: list[int] = []
     for end in np.lexsort((np.abs(np.arange(width) - width / 2), total[-1])):
@@ -644,7 +647,7 @@ def split_touching(digit: np.ndarray, two: bool = False) -> tuple[np.ndarray, np
             continue
         left, right = box & (np.arange(width) < cut[:, None]), box & (np.arange(width) > cut[:, None])
         shortest = min(left.any(axis=1).sum(), right.any(axis=1).sum())
-        if shortest >= TOUCHING_HEIGHT * tall or (two and shortest > 0):
+        if shortest >= TOUCHING_HEIGHT * tall or (labelled and shortest > 0):
             parts = []
             for side in (left, right):
                 part = np.zeros_like(digit)

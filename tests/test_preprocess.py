@@ -12,6 +12,7 @@ from recognizer.augment import mnist_glyph, place
 from recognizer.images import decode_image
 from recognizer.preprocess import (
     MNIST_STROKE,
+    TOUCHING_DIGITS,
     find_lines,
     remove_lines,
     segmentations,
@@ -213,6 +214,25 @@ def test_touching_digits_are_cut_where_they_meet():
     assert crop.aspect == pytest.approx(221 / 101) and crop.halves is not None
 
 
+def test_one_mark_is_at_most_four_touching_digits():
+    """Eight 0s in a chain, each joined to the next: cut into halves and halves of halves, no further."""
+    mask = np.zeros((200, 1100), bool)
+    for i in range(8):
+        _ring(mask, 50, 20 + 130 * i)
+        if i:
+            mask[96:104, 130 * i - 10 : 130 * i + 25] = True
+    crop = pipeline(np.where(mask, 0.1, 0.9).astype(np.float32)).crops[0]
+
+    def leaves(crop) -> int:
+        return 1 if crop.halves is None else sum(leaves(half) for half in crop.halves)
+
+    assert leaves(crop) == TOUCHING_DIGITS < 8  # (eight were there to find)
+
+
+def _dash(mask: np.ndarray) -> None:
+    mask[95:105, 50:250] = True
+
+
 def _diagonal(mask: np.ndarray) -> None:
     for y in range(20, 180):
         mask[y, 2 * y - 30 : 2 * y - 20] = True
@@ -223,7 +243,7 @@ def _diagonal(mask: np.ndarray) -> None:
     [
         ("a wide 0: a cut crosses two strokes", lambda mask: _ring(mask, 25, 50, size=(130, 100))),
         ("a stroke lying far over: each half is half as tall", _diagonal),
-        ("a dash: a stroke tall", lambda mask: mask.__setitem__((slice(95, 105), slice(50, 250)), True)),
+        ("a dash: a stroke tall", _dash),
     ],
 )
 def test_one_digit_is_not_cut(name, draw):
