@@ -18,7 +18,7 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Deriving a photo's inputs costs about a reading (~50 ms): the newest 2,000 photos keep that part of a run
-# near 100 s, and more samples than that would be repeated once each anyway (see FineTuneConfig).
+# Deriving a photo's inputs costs about a reading (~50 ms; twice that for a number, whose merged marks are
+# looked for too): the newest 2,000 photos keep that part of a run near 100 s, and more samples than that
+# would be repeated once each anyway (see FineTuneConfig).
 MAX_PHOTOS_PER_RUN = 2000
 # MNIST digits written on each corrected photo's page (recognizer.labelled.on_their_page), 0.1-0.3 s per
 # page: 10 pages per correction taught the ruled dev copies' writers 12 of 19 held-out errors (4 without);
@@ -52,26 +53,31 @@ MAX_PAGE_DIGITS_PER_RUN = 600
 
 @dataclass(frozen=True)
 class Sample:
-    """A labelled photo turned into the model's inputs, one per digit of its label."""
+    """A labelled photo turned into the model's inputs: one per digit of its label, and one per mark that
+    reading may take for one digit but holds several of them (taught as NOT_ONE_DIGIT)."""
 
     photo: LabelledPhoto
     inputs: np.ndarray  # uint8 (len(label), 28, 28)
+    merged: np.ndarray = field(default_factory=lambda: np.zeros((0, 28, 28), np.uint8))  # uint8 (K, 28, 28)
 
 
-def training_inputs(recognizer, photo: LabelledPhoto) -> np.ndarray | None:
-    """The label's digits as inputs: from the kept photo, segmented again into exactly that many digits;
-    for rows stored before photos were kept, the crops the model saw, if there are as many."""
+def training_sample(recognizer, photo: LabelledPhoto) -> Sample | None:
+    """The label's digits as inputs: from the kept photo, segmented again into exactly that many digits
+    (and the marks holding several of them); for rows stored before photos were kept, the crops the model
+    saw, if there are as many. None when the label's digits cannot be found."""
     from recognizer import ImageError
     from recognizer.labelled import inputs_for_label
     from storage.repository import pack_inputs, unpack_inputs
 
-    if photo.image is not None:
-        try:
-            inputs = inputs_for_label(recognizer, photo.image, photo.label)
-        except ImageError:
-            return None
-        return None if inputs is None else unpack_inputs(pack_inputs(inputs))
-    return photo.inputs if len(photo.inputs) == len(photo.label) else None
+    if photo.image is None:
+        return Sample(photo, photo.inputs) if len(photo.inputs) == len(photo.label) else None
+    try:
+        found = inputs_for_label(recognizer, photo.image, photo.label)
+    except ImageError:
+        return None
+    if found is None:
+        return None
+    return Sample(photo, unpack_inputs(pack_inputs(found.digits)), unpack_inputs(pack_inputs(found.merged)))
 
 
 def holdout_users(samples: list[Sample], percent: int) -> set[int]:
@@ -134,13 +140,15 @@ def their_pages(
 
 
 def describe(samples: list[Sample], unusable: dict[str, int], page_digits: int) -> str:
-    """'9 corrections and 40 confirmations (52 digits) from 12 users, and 90 MNIST digits written on the
-    corrected pages; not usable: ...'"""
+    """'9 corrections and 40 confirmations (52 digits, 2 marks holding several) from 12 users, and 90 MNIST
+    digits written on the corrected pages; not usable: ...'"""
     corrections = sum(not s.photo.confirmed for s in samples)
     users = len({s.photo.user_id for s in samples})
+    merged = sum(len(s.merged) for s in samples)
+    several = f", {merged} mark{'s' * (merged != 1)} holding several" if merged else ""
     text = (
         f"{corrections} corrections and {len(samples) - corrections} confirmations "
-        f"({sum(len(s.inputs) for s in samples)} digits) from {users} users"
+        f"({sum(len(s.inputs) for s in samples)} digits{several}) from {users} users"
     )
     if page_digits:
         text += f", and {page_digits} MNIST digits written on the corrected pages"
@@ -149,14 +157,19 @@ def describe(samples: list[Sample], unusable: dict[str, int], page_digits: int) 
     return text
 
 
-def _arrays(samples: list[Sample]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> (images uint8 (N, 28, 28), labels, users), one row per digit."""
-    if not samples:
-        return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    images = np.concatenate([s.inputs for s in samples])
-    labels = np.array([int(d) for s in samples for d in s.photo.label], np.int64)
-    users = np.array([s.photo.user_id for s in samples for _ in s.photo.label], np.int64)
-    return images, labels, users
+def _arrays(samples: list[Sample], with_merged: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> (images uint8 (N, 28, 28), labels, users), one row per digit, and (`with_merged`) one per mark
+    holding several, labelled NOT_ONE_DIGIT."""
+    from recognizer import NOT_ONE_DIGIT
+
+    images = [np.zeros((0, 28, 28), np.uint8), *(s.inputs for s in samples)]
+    labels = [int(d) for s in samples for d in s.photo.label]
+    users = [s.photo.user_id for s in samples for _ in s.photo.label]
+    if with_merged:
+        images += [s.merged for s in samples]
+        labels += [NOT_ONE_DIGIT] * sum(len(s.merged) for s in samples)
+        users += [s.photo.user_id for s in samples for _ in s.merged]
+    return np.concatenate(images), np.array(labels, np.int64), np.array(users, np.int64)
 
 
 def retrain(
@@ -183,12 +196,12 @@ def retrain(
         feedback = store.labelled_photos(settings.max_corrections_per_user, MAX_PHOTOS_PER_RUN)
         samples, unusable = [], dict(feedback.left_out)
         for photo in feedback.photos:
-            inputs = training_inputs(recognizer, photo)
-            if inputs is None:
+            sample = training_sample(recognizer, photo)
+            if sample is None:
                 reason = "no segmentation into the label's digits"
                 unusable[reason] = unusable.get(reason, 0) + 1
             else:
-                samples.append(Sample(photo, inputs))
+                samples.append(sample)
         judges = holdout_users(samples, settings.holdout_percent)
         learn = [s for s in samples if s.photo.user_id not in judges]
         judge_on = [s for s in samples if s.photo.user_id in judges]
@@ -214,7 +227,7 @@ def retrain(
         )
         fine_tune(candidate, mnist, images, labels, users, config, progress)
         progress("evaluating the candidate against the active model")
-        held_images, held_labels, _ = _arrays(judge_on)
+        held_images, held_labels, _ = _arrays(judge_on, with_merged=False)
         verdict = gate(
             recognizer.model, candidate, mnist, held_images, held_labels, len(judges), settings.max_mnist_drop
         )
@@ -238,6 +251,7 @@ def retrain(
             "corrections": sum(not s.photo.confirmed for s in learn),
             "confirmations": sum(s.photo.confirmed for s in learn),
             "users": len({s.photo.user_id for s in learn}),
+            "merged_marks": sum(len(s.merged) for s in learn),
             "page_digits": len(page_labels),
             "unusable": unusable,
         }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,7 +147,7 @@ class Recognizer:
 
     def _readings(self, options: list[list[DigitCrop]]) -> list[Reading]:
         """Each segmentation's digits read, all of them (and the halves of wide ones) in one model call."""
-        crops = [crop for option in options for crop in _with_halves(option)]
+        crops = [piece for option in options for crop in option for piece in crop.pieces()]
         predictions = self.classify(np.stack([crop.image for crop in crops])) if crops else []
         predicted = {id(crop): prediction for crop, prediction in zip(crops, predictions, strict=True)}
         readings = [
@@ -184,10 +183,6 @@ def _digits(crop: DigitCrop, predicted: dict[int, Prediction]) -> list[tuple[Dig
     ):
         return halves
     return whole
-
-
-def _with_halves(crops: Sequence[DigitCrop]) -> list[DigitCrop]:
-    return [each for crop in crops for each in (crop, *_with_halves(crop.halves or ()))]
 
 
 def choose(readings: list[Reading]) -> Reading:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import keras
 import numpy as np
 
-from recognizer import percent
+from recognizer import NOT_ONE_DIGIT, percent
 from recognizer.augment import add_writing_styles
 from recognizer.data import Mnist, to_model_input
 from recognizer.evaluate import evaluate_arrays
@@ -72,7 +72,8 @@ def repeats(users: np.ndarray, others: int, config: FineTuneConfig) -> np.ndarra
 def training_mix(
     mnist: Mnist, images: np.ndarray, labels: np.ndarray, users: np.ndarray, config: FineTuneConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> (x uint8 (N, 28, 28), y) to fine-tune on, and how often each users' sample is in it.
+    """-> (x uint8 (N, 28, 28), y: digits or NOT_ONE_DIGIT) to fine-tune on, and how often each users'
+    sample is in it.
 
     What training taught is rehearsed, its writing styles included: MNIST barely has continental 1s and
     crossed 7s, and a run on MNIST alone forgot them (a real continental 1 read as 7 again)."""
@@ -85,6 +86,19 @@ def training_mix(
     return x, y, each
 
 
+def targets(labels: np.ndarray) -> np.ndarray:
+    """Labels -> the probabilities the model should answer, float32 (N, 10): the digit's one-hot row, or for
+    NOT_ONE_DIGIT an even spread over the ten, as outlier exposure trains what is no digit (Hendrycks et
+    al., 2019). A built-in loss on them, so that a fine-tuned model loads anywhere Keras does."""
+    labels = np.asarray(labels, np.int64)
+    several = labels == NOT_ONE_DIGIT
+    if not ((labels >= 0) & (labels <= 9) | several).all():
+        raise ValueError(f"labels must be digits or NOT_ONE_DIGIT, got {sorted(set(labels.tolist()))}")
+    answer = np.eye(10, dtype=np.float32)[np.where(several, 0, labels)]
+    answer[several] = 0.1
+    return answer
+
+
 def fine_tune(
     model: keras.Model,
     mnist: Mnist,
@@ -94,7 +108,8 @@ def fine_tune(
     config: FineTuneConfig,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, list[float]]:
-    """Continue training `model` in place on a mix of MNIST and the users' (uint8 28x28) samples."""
+    """Continue training `model` in place on a mix of MNIST and the users' (uint8 28x28) samples, labelled
+    with digits or NOT_ONE_DIGIT (the accuracy it reports takes those as right when read as 0)."""
     x, y, each = training_mix(mnist, images, labels, users, config)
     settings = TrainConfig(
         epochs=config.epochs,
@@ -113,7 +128,7 @@ def fine_tune(
         each.max(initial=0),
     )
     budget = TimeBudget(config.time_budget_s, progress)
-    return fit(model, (to_model_input(x), y), None, settings, verbose=0, extra_callbacks=[budget])
+    return fit(model, (to_model_input(x), targets(y)), None, settings, verbose=0, extra_callbacks=[budget])
 
 
 MIN_HOLDOUT_SAMPLES = 20  # fewer held-out samples (or users) than this cannot show a candidate is worse

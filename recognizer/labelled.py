@@ -30,6 +30,7 @@ from recognizer.preprocess import (
     _digit_groups,
     ink_map,
     ink_masks,
+    segment,
     split_touching,
     stroke_width,
     to_mnist,
@@ -105,12 +106,45 @@ def _labelled_digits(
     return max(candidates, key=lambda c: c[0])[1:] if candidates else None
 
 
-def inputs_for_label(recognizer: Recognizer, photo: bytes | np.ndarray, label: str) -> np.ndarray | None:
-    """float32 (len(label), 28, 28): the label's digits as the model should see them in `photo` (bytes of
-    an image or a gray array), or None when no segmentation finds that many digits."""
+def _merged(ink: InkMap, digits: list[np.ndarray]) -> np.ndarray:
+    """float32 (K, 28, 28): the marks that reading may take as one digit or as two (those it may cut, see
+    classify._digits; in any of the ink masks, whole or a half of one: DigitCrop.pieces) whose box holds
+    the centres of two or more of the label's `digits`. Marks it may not cut are left out: a 7 whose bar
+    runs over the 1 beside it, or one digit that a mistyped correction ("44" for a 4) says is two."""
+    height, width = ink.contrast.shape
+    centres = [ndimage.center_of_mass(digit) for digit in digits]
+    found: dict[bytes, np.ndarray] = {}
+    for mask in ink_masks(ink):
+        for crop in (piece for whole in segment(mask, ink.dark_ink).crops for piece in whole.pieces()):
+            x0, y0, x1, y1 = crop.box
+            held = sum(x0 * width <= x < x1 * width and y0 * height <= y < y1 * height for y, x in centres)
+            if crop.halves is not None and held >= 2:
+                found[crop.image.round(2).tobytes()] = crop.image
+    return np.stack(list(found.values())) if found else np.zeros((0, 28, 28), np.float32)
+
+
+@dataclass(frozen=True)
+class LabelledInputs:
+    """What a labelled photo teaches the model, float32 (N, 28, 28) each."""
+
+    digits: np.ndarray  # the label's digits as the model should see them, left to right
+    merged: np.ndarray  # marks that reading may take as one digit but hold several: to read as no one digit
+
+
+def inputs_for_label(recognizer: Recognizer, photo: bytes | np.ndarray, label: str) -> LabelledInputs | None:
+    """The label's digits in `photo` (bytes of an image or a gray array) as the model should see them, and
+    the marks holding several of them; None when no segmentation finds that many digits.
+
+    Touching digits are one mark, and a mark that reads surely as one digit is kept whole however surely its
+    halves read (classify._digits): the label's digits alone teach nothing about the mark."""
     gray = photo if isinstance(photo, np.ndarray) else decode_image(photo)
-    found = _labelled_digits(recognizer, ink_map(gray), label)
-    return None if found is None else found[1]
+    ink = ink_map(gray)
+    found = _labelled_digits(recognizer, ink, label)
+    if found is None:
+        return None
+    # (One digit has no marks holding several: the segmentations need not be made again.)
+    merged = _merged(ink, found[0]) if len(label) > 1 else np.zeros((0, 28, 28), np.float32)
+    return LabelledInputs(found[1], merged)
 
 
 @dataclass(frozen=True)
@@ -202,8 +236,8 @@ def on_their_page(
         picks = rng.integers(len(mnist[0]), size=len(page.written))
         written = page.write([mnist[0][i] for i in picks])
         new_label = "".join(str(int(mnist[1][i])) for i in picks)
-        crops = None if written is None else inputs_for_label(recognizer, written, new_label)
-        if crops is not None:
-            inputs.append((crops * 255).round().astype(np.uint8))
+        found = None if written is None else _labelled_digits(recognizer, ink_map(written), new_label)
+        if found is not None:
+            inputs.append((found[1] * 255).round().astype(np.uint8))
             labels += [int(d) for d in new_label]
     return np.concatenate(inputs), np.array(labels, np.int64)

@@ -49,6 +49,10 @@ class DigitCrop:
     aspect: float = 1.0  # width / height, in pixels (read only where it has halves)
     halves: tuple[DigitCrop, DigitCrop] | None = None  # a wide mark cut where two touching digits would meet
 
+    def pieces(self) -> list[DigitCrop]:
+        """This crop and its halves, and theirs: every way reading may take part of this mark as a digit."""
+        return [self, *(piece for half in self.halves or () for piece in half.pieces())]
+
 
 @dataclass(frozen=True)
 class Segmentation:

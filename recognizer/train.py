@@ -78,10 +78,11 @@ def make_optimizer(learning_rate: float, steps: int) -> keras.optimizers.Optimiz
     return keras.optimizers.Adam(schedule)
 
 
-def compile_model(model: keras.Model, learning_rate: float, steps: int) -> None:
+def compile_model(model: keras.Model, learning_rate: float, steps: int, soft: bool = False) -> None:
+    """Labels are digits; or (`soft`) the probabilities to answer, a row of ten each (finetune.targets)."""
     model.compile(
         optimizer=make_optimizer(learning_rate, steps),
-        loss="sparse_categorical_crossentropy",
+        loss="categorical_crossentropy" if soft else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
 
@@ -94,10 +95,10 @@ def fit(
     verbose: str | int = "auto",
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> dict[str, list[float]]:
-    """Fit with the schedule above. With a validation set, stop early and end with the weights of the best
-    epoch by validation accuracy."""
+    """Fit with the schedule above, on digits (N,) or the probabilities to answer (N, 10). With a validation
+    set, stop early and end with the weights of the best epoch by validation accuracy."""
     steps = config.epochs * int(np.ceil(len(train[0]) / config.batch_size))
-    compile_model(model, config.learning_rate, steps)
+    compile_model(model, config.learning_rate, steps, soft=np.ndim(train[1]) == 2)
     callbacks = list(extra_callbacks or [])
     validating = validation is not None and len(validation[0]) > 0
     if validating:

@@ -7,10 +7,10 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from bot.learning import training_inputs
+from bot.learning import training_sample
 from recognizer import Recognizer
 from recognizer.images import decode_image
 from recognizer.labelled import Page, inputs_for_label, on_their_page, read_and_keep
@@ -70,20 +70,22 @@ def test_a_no_digit_and_a_split_digit_photo_reach_training_as_one_input_each(tmp
     store = Store(connect(sqlite_url(tmp_path)))
     reading, photo = corrected(store, shipped, one_along_the_edge(), 1, "1")
     assert reading.status == "no_digit" and photo.image is not None
-    inputs = training_inputs(shipped, photo)
+    inputs = training_sample(shipped, photo).inputs
     assert inputs.shape == (1, 28, 28) and inputs.dtype == np.uint8
     assert shipped.classify(inputs[0] / 255).digit == 1
     reading, photo = corrected(store, shipped, split_zero(mnist), 2, "0")
     assert len(reading.digits) == 2
-    inputs = training_inputs(shipped, photo)
+    inputs = training_sample(shipped, photo).inputs
     assert inputs.shape == (1, 28, 28) and shipped.classify(inputs[0] / 255).digit == 0
 
 
 def test_a_number_is_split_into_as_many_inputs_as_its_label(mnist, shipped):
     photo = synthetic_photo(mnist, "2024", "clean", seed=4)
-    assert [shipped.classify(x).digit for x in inputs_for_label(shipped, photo, "2024")] == [2, 0, 2, 4]
-    merged = inputs_for_label(shipped, photo, "202")  # one digit fewer: neighbours merge
-    assert merged.shape == (3, 28, 28)
+    found = inputs_for_label(shipped, photo, "2024")
+    assert [shipped.classify(x).digit for x in found.digits] == [2, 0, 2, 4]
+    assert found.merged.shape == (0, 28, 28)  # spaced apart: no mark holds two of them
+    fewer = inputs_for_label(shipped, photo, "202")  # one digit fewer: neighbours merge
+    assert fewer.digits.shape == (3, 28, 28)
 
 
 @pytest.mark.parametrize("indices", [[840, 485], [7670, 2306], [1149, 1323], [5036, 5022]])
@@ -92,8 +94,26 @@ def test_a_touching_number_reaches_training_as_its_digits(shipped, mnist, indice
     # thinnest column the inputs were 47, 61, 81, 17; cut where the two meet they read as the label.
     photo, label = touching(mnist, indices), "".join(str(mnist.y_test[i]) for i in indices)
     assert len(shipped.read(photo).digits) == 1
-    inputs = inputs_for_label(shipped, photo, label)
+    inputs = inputs_for_label(shipped, photo, label).digits
     assert "".join(str(p.digit) for p in shipped.classify(inputs)) == label
+
+
+def test_the_touching_mark_read_as_one_digit_is_found_and_no_single_digit_is(shipped, mnist):
+    photo = touching(mnist, [5036, 5022])  # 1 and 9, read as one 4
+    reading = shipped.read(photo)
+    assert reading.digits == "4"
+    merged = inputs_for_label(shipped, photo, "19").merged
+    assert any(np.abs(mark - reading.inputs[0]).max() < 1e-6 for mark in merged)
+    # Only marks that reading may cut: a mistyped correction ("44" for a 4) does not teach that the digit
+    # written is no digit, and a 7 whose bar runs over the 1 beside it is one digit.
+    four = touching(mnist, [6])  # one MNIST 4, alone
+    assert shipped.read(four).digits == "4"
+    assert len(inputs_for_label(shipped, four, "44").merged) == 0
+    page = Image.new("L", (600, 400), 255)
+    for stroke in ([(200, 170), (260, 120), (260, 300)], [(245, 95), (380, 95), (300, 300)]):  # 1, 7
+        ImageDraw.Draw(page).line(stroke, fill=30, width=12, joint="curve")
+    assert shipped.read(png(np.asarray(page) / 255)).digits == "17"
+    assert len(inputs_for_label(shipped, png(np.asarray(page) / 255), "17").merged) == 0
 
 
 def test_a_blank_photo_cannot_be_matched_to_a_label(shipped):
@@ -118,8 +138,8 @@ def test_rows_from_before_photos_were_kept_use_their_crops_when_the_count_matche
         )
         store.record_feedback(prediction, user, label)
     photos = {p.user_id: p for p in store.labelled_photos().photos}
-    np.testing.assert_array_equal(training_inputs(shipped, photos[1]), mnist.x_test[:1])
-    assert training_inputs(shipped, photos[2]) is None  # two digits asked, one crop stored, no photo
+    np.testing.assert_array_equal(training_sample(shipped, photos[1]).inputs, mnist.x_test[:1])
+    assert training_sample(shipped, photos[2]) is None  # two digits asked, one crop stored, no photo
 
 
 def lined_five(mnist) -> np.ndarray:

@@ -11,19 +11,30 @@ import sys
 import threading
 import time
 
+import keras
 import numpy as np
 import pytest
 
 import bot.learning
 from bot.learning import Sample, holdout_users, their_pages
 from bot.model_store import LiveModel, ModelIntegrityError, cache_path, install_shipped_model, load_active
-from recognizer import Recognizer
-from recognizer.finetune import FineTuneConfig, gate, judge, mcnemar_worse, repeats, training_mix
+from recognizer import NOT_ONE_DIGIT, Recognizer
+from recognizer.finetune import (
+    FineTuneConfig,
+    fine_tune,
+    gate,
+    judge,
+    mcnemar_worse,
+    repeats,
+    targets,
+    training_mix,
+)
+from recognizer.labelled import inputs_for_label, read_and_keep
 from storage.db import connect, sqlite_url
 from storage.repository import LabelledPhoto, Store
 from tests.conftest import MNIST_DIR
 from tests.fake_telegram import BotProcess, FakeTelegram
-from tests.photos import synthetic_photo
+from tests.photos import synthetic_photo, touching
 
 FAST = {
     "DIGITBOT_RETRAIN_MNIST_SAMPLES": "1000",
@@ -87,6 +98,18 @@ def test_the_holdout_takes_whole_users_with_the_fewest_corrections():
     assert holdout_users(samples, 20) == judges  # the same feedback gives the same split
 
 
+def test_a_mark_holding_several_digits_is_learnt_as_no_one_digit_and_judges_nothing():
+    photo = LabelledPhoto(0, 7, "19", False, np.zeros((0, 28, 28), np.uint8), None, True)
+    merged = Sample(photo, np.zeros((2, 28, 28), np.uint8), np.ones((1, 28, 28), np.uint8))
+    images, labels, users = bot.learning._arrays([merged, sample(8, confirmed=True)])
+    assert labels.tolist() == [1, 9, 1, NOT_ONE_DIGIT] and users.tolist() == [7, 7, 8, 7]
+    assert (images[-1] == 1).all() and len(images) == 4
+    assert bot.learning._arrays([merged], with_merged=False)[1].tolist() == [1, 9]  # the gate's held-out part
+    assert "(3 digits, 1 mark holding several) from 2 users" in bot.learning.describe(
+        [merged, sample(8, confirmed=True)], {}, 0
+    )
+
+
 def test_no_holdout_when_it_would_be_too_small_to_judge():
     assert holdout_users([sample(u, True) for u in range(1, 6) for _ in range(3)], 20) == set()  # 3 samples
     assert holdout_users([sample(1, True) for _ in range(200)], 20) == set()  # a single user
@@ -142,6 +165,36 @@ def test_the_fine_tune_mix_rehearses_the_writing_styles_training_added(mnist):
     assert set(known_y[drawn].tolist()) == {1, 7}  # continental 1s and crossed 7s, nothing else
     ones_and_sevens = np.isin(known_y[~drawn], [1, 7]).sum()
     assert len(known_x) - drawn.sum() == 2_000 and 0.25 < drawn.sum() / ones_and_sevens < 0.35
+
+
+def test_a_corrected_touching_number_is_read_as_its_digits_after_a_fine_tune(mnist, tmp_path):
+    # 1 and 9 touching read surely as one 4. Fine-tuned on its two digits alone it still reads 4; taught also
+    # that the whole mark is no one digit, its halves win.
+    shipped = Recognizer.load()
+    photo = touching(mnist, [5036, 5022])
+    assert shipped.read(photo).digits == "4"
+    found = inputs_for_label(shipped, photo, "19")
+    read = {}
+    for merged in (found.merged[:0], found.merged):
+        keras.utils.set_random_seed(0)
+        model = keras.models.clone_model(shipped.model)
+        model.set_weights(shipped.model.get_weights())
+        images = (np.concatenate([found.digits, merged]) * 255).round().astype(np.uint8)
+        labels = np.array([1, 9] + [NOT_ONE_DIGIT] * len(merged))
+        config = FineTuneConfig(mnist_samples=2000, epochs=1)
+        fine_tune(model, mnist, images, labels, np.zeros(len(labels), np.int64), config)
+        read[len(merged) > 0] = Recognizer(model).read(photo).digits
+    assert read == {False: "4", True: "19"}
+    model.save(tmp_path / "candidate.keras")  # a built-in loss: loads wherever Keras does, compiled
+    assert keras.models.load_model(tmp_path / "candidate.keras").loss == "categorical_crossentropy"
+
+
+def test_targets_are_one_hot_digits_and_an_even_spread_for_a_mark_of_several():
+    answer = targets(np.array([3, NOT_ONE_DIGIT, 0]))
+    np.testing.assert_array_equal(answer[[0, 2]], np.eye(10, dtype=np.float32)[[3, 0]])
+    np.testing.assert_allclose(answer[1], np.full(10, 0.1))
+    with pytest.raises(ValueError, match="labels must be digits or NOT_ONE_DIGIT"):
+        targets(np.array([3, -2]))
 
 
 def test_hot_swap_under_concurrent_requests_drops_nothing(tiny_model, mnist):
@@ -225,13 +278,26 @@ def test_retrain_promotes_a_candidate_that_passes_the_gate(tmp_path, mnist):
         user_id=600, chat_id=1, digits="11", confidence=0.5, status="ok", inputs=mnist.x_test[50:52] / 255
     )
     store.record_feedback(unmatched, 600, "7")
+    reading, kept = read_and_keep(Recognizer.load(), touching(mnist, [5036, 5022]))  # 1 and 9, read 4
+    touching_pair = store.record_prediction(
+        user_id=700,
+        chat_id=1,
+        digits=reading.digits,
+        confidence=0.9,
+        status="ok",
+        inputs=reading.inputs,
+        image=kept,
+    )
+    store.record_feedback(touching_pair, 700, "19")
     result = retrain_cli(tmp_path, DIGITBOT_MAX_MNIST_DROP="0.01")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "version 2 promoted" in result.stdout and "MNIST test" in result.stdout
     assert (
-        "learning from 40 corrections and 0 confirmations (40 digits) from 4 users; "
-        "not usable: 1 (no segmentation into the label's digits)" in result.stdout
+        "learning from 41 corrections and 0 confirmations (42 digits, 1 mark holding several) from 5 users"
+        in result.stdout
     )
+    assert "not usable: 1 (no segmentation into the label's digits)" in result.stdout
+    assert store.last_run().metrics["merged_marks"] == 1
     assert "too little held-out feedback to judge" in result.stdout
     assert [(m.version, m.status) for m in store.model_versions()] == [(1, "retired"), (2, "active")]
     assert store.count_new_feedback() == 0 and store.last_run().status == "promoted"
