@@ -179,12 +179,17 @@ CHANGES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
 }
 
 
-def changed(folder: Path, out: Path, change: Callable[[np.ndarray, int], np.ndarray]) -> Path:
-    """Copies of the labelled images in `folder`, each writer's changed alike, in `out` with labels.csv."""
+def _rows_to_copy(folder: Path, out: Path) -> list[dict]:
+    """The rows of `folder`'s labels.csv; `out` must be another folder, or its labels.csv would be lost."""
     if out.resolve() == folder.resolve():
         raise SystemExit("the copies must go to another folder than the images")
     with open(folder / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+        return list(csv.DictReader(f))
+
+
+def changed(folder: Path, out: Path, change: Callable[[np.ndarray, int], np.ndarray]) -> Path:
+    """Copies of the labelled images in `folder`, each writer's changed alike, in `out` with labels.csv."""
+    rows = _rows_to_copy(folder, out)
     names = [Path(row["file"]).stem + ".png" for row in rows]
     if len(set(names)) < len(names):
         raise SystemExit("two images differ only in their extension: their PNG copies would be one file")
@@ -223,10 +228,8 @@ def _ink_crop(gray: np.ndarray) -> np.ndarray:
 
 def numbers(folder: Path, out: Path, kind: str) -> Path:
     """Numbers of each writer's digits (see the module's doc), in `out` with labels.csv."""
-    with open(folder / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
     writers: dict[str, list[dict]] = {}
-    for row in rows:
+    for row in _rows_to_copy(folder, out):
         writers.setdefault(source(row["file"]), []).append(row)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "labels.csv", "w", newline="") as g:

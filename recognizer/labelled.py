@@ -30,7 +30,7 @@ from recognizer.preprocess import (
     _digit_groups,
     ink_map,
     ink_masks,
-    segment,
+    segment_ink,
     split_touching,
     stroke_width,
     to_mnist,
@@ -114,8 +114,8 @@ def _merged(ink: InkMap, digits: list[np.ndarray]) -> np.ndarray:
     height, width = ink.contrast.shape
     centres = [ndimage.center_of_mass(digit) for digit in digits]
     found: dict[bytes, np.ndarray] = {}
-    for mask in ink_masks(ink):
-        for crop in (piece for whole in segment(mask, ink.dark_ink).crops for piece in whole.pieces()):
+    for option in segment_ink(ink):
+        for crop in (piece for whole in option.crops for piece in whole.pieces()):
             x0, y0, x1, y1 = crop.box
             held = sum(x0 * width <= x < x1 * width and y0 * height <= y < y1 * height for y, x in centres)
             if crop.halves is not None and held >= 2:

@@ -736,7 +736,11 @@ def segment(mask: np.ndarray, dark_ink: bool) -> Segmentation:
 
 def segmentations(gray: np.ndarray) -> list[Segmentation]:
     """Gray image (H, W) in [0, 1] -> the ways to read it as digits (see ink_masks), the pipeline's first."""
-    ink = ink_map(gray)
+    return segment_ink(ink_map(gray))
+
+
+def segment_ink(ink: InkMap) -> list[Segmentation]:
+    """A photo's ink -> the ways to read it as digits: each different mask of ink_masks, segmented."""
     masks: list[np.ndarray] = []
     for mask in ink_masks(ink):
         if not any(np.array_equal(mask, seen) for seen in masks):
