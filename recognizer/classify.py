@@ -24,6 +24,11 @@ TWO_DIGITS_ASPECT = 1.4
 # How surely the halves of a wide mark must read (and the whole must not) for it to be two digits: the
 # answer's threshold, min_confidence, may be set to anything (bench.photos sets 0: a 4 then read "11").
 SURE_WHEN_SPLIT = 0.7
+# Most single digits are narrower than this, and two narrow digits touching ("81", "57") are too: such a mark
+# is two only when its halves read all but certainly, as a turned digit must (an unsure 7 on the rim of a
+# page, cut, read 0.94 and 1.00: "71").
+NARROW_PAIR_ASPECT = 1.1
+SURE_WHEN_NARROW_SPLIT = 0.99
 
 
 @dataclass(frozen=True)
@@ -173,12 +178,14 @@ class Recognizer:
 
 def _digits(crop: DigitCrop, predicted: dict[int, Prediction]) -> list[tuple[DigitCrop, Prediction]]:
     """A crop read as one digit, or as the two touching digits of its halves: when each half reads at least
-    SURE_WHEN_SPLIT and the whole does not, or the whole is wider than one digit is (TWO_DIGITS_ASPECT)."""
+    SURE_WHEN_SPLIT (SURE_WHEN_NARROW_SPLIT for a mark narrower than NARROW_PAIR_ASPECT) and the whole does
+    not, or the whole is wider than one digit is (TWO_DIGITS_ASPECT)."""
     whole = [(crop, predicted[id(crop)])]
     if crop.halves is None:
         return whole
     halves = [digit for half in crop.halves for digit in _digits(half, predicted)]
-    if all(p.confidence >= SURE_WHEN_SPLIT for _, p in halves) and (
+    sure = SURE_WHEN_SPLIT if crop.aspect >= NARROW_PAIR_ASPECT else SURE_WHEN_NARROW_SPLIT
+    if all(p.confidence >= sure for _, p in halves) and (
         whole[0][1].confidence < SURE_WHEN_SPLIT or crop.aspect >= TWO_DIGITS_ASPECT
     ):
         return halves

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from recognizer.augment import mnist_glyph, place
-from recognizer.classify import Reading, Recognizer
+from recognizer.classify import NARROW_PAIR_ASPECT, Reading, Recognizer
 from recognizer.images import decode_image
 from recognizer.prepare import prepare_photo
 from recognizer.preprocess import (
@@ -106,19 +106,21 @@ def _labelled_digits(
     return max(candidates, key=lambda c: c[0])[1:] if candidates else None
 
 
-def _merged(ink: InkMap, digits: list[np.ndarray]) -> np.ndarray:
+def _merged(ink: InkMap, digits: list[np.ndarray], read_as_label: np.ndarray) -> np.ndarray:
     """float32 (K, 28, 28): the marks that reading may take as one digit or as two (those it may cut, see
     classify._digits; in any of the ink masks, whole or a half of one: DigitCrop.pieces) whose box holds
-    the centres of two or more of the label's `digits`. Marks it may not cut are left out: a 7 whose bar
-    runs over the 1 beside it, or one digit that a mistyped correction ("44" for a 4) says is two."""
+    the centres of two or more of the label's `digits`; a narrow one (classify.NARROW_PAIR_ASPECT) only
+    if those digits `read_as_label`. Left out: a 7 whose bar runs over the 1 beside it (no cut), and one
+    digit that a mistyped correction says is two ("44" for a 4; "00" for a 0, whose halves read as no 0)."""
     height, width = ink.contrast.shape
     centres = [ndimage.center_of_mass(digit) for digit in digits]
     found: dict[bytes, np.ndarray] = {}
     for option in segment_ink(ink):
         for crop in (piece for whole in option.crops for piece in whole.pieces()):
             x0, y0, x1, y1 = crop.box
-            held = sum(x0 * width <= x < x1 * width and y0 * height <= y < y1 * height for y, x in centres)
-            if crop.halves is not None and held >= 2:
+            held = [x0 * width <= x < x1 * width and y0 * height <= y < y1 * height for y, x in centres]
+            narrow = crop.aspect < NARROW_PAIR_ASPECT and not read_as_label[held].all()
+            if crop.halves is not None and sum(held) >= 2 and not narrow:
                 found[crop.image.round(2).tobytes()] = crop.image
     return np.stack(list(found.values())) if found else np.zeros((0, 28, 28), np.float32)
 
@@ -142,9 +144,11 @@ def inputs_for_label(recognizer: Recognizer, photo: bytes | np.ndarray, label: s
     found = _labelled_digits(recognizer, ink, label)
     if found is None:
         return None
-    # (One digit has no marks holding several: the segmentations need not be made again.)
-    merged = _merged(ink, found[0]) if len(label) > 1 else np.zeros((0, 28, 28), np.float32)
-    return LabelledInputs(found[1], merged)
+    groups, crops = found
+    if len(label) == 1:  # one digit has no marks holding several: the segmentations need not be made again
+        return LabelledInputs(crops, np.zeros((0, 28, 28), np.float32))
+    read_as_label = recognizer.probabilities(crops).argmax(axis=1) == [int(d) for d in label]
+    return LabelledInputs(crops, _merged(ink, groups, read_as_label))
 
 
 @dataclass(frozen=True)

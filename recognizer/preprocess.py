@@ -32,7 +32,7 @@ PAGE_ASPECT = 3.0  # no longer than this times its width (a bold 1 filling a clo
 PAGE_INK_WIDTH = 0.25  # and what is on it like the desk is no wider than this share of it (a bold 0's loop)
 PAGE_TILTS = np.arange(-20.0, 20.1, 2.5)  # degrees a page may be turned in the photo
 SMALLEST_PAGE_PHOTO = 128  # px; smaller images are crops and drawings (a bold 28 px 0, filled, is a square)
-TOUCHING_ASPECT = 1.1  # a mark at least this many times as wide as tall may be two touching digits,
+TOUCHING_ASPECT = 0.6  # a mark at least this many times as wide as tall may be two touching digits ("18"),
 TOUCHING_HEIGHT = 0.8  # each of them at least this share of its height (half a slanted 8 is a 0, 55% as tall)
 TOUCHING_CUT = 1.25  # and they touch where a cut crosses at most this many stroke widths of ink (a 0: 2)
 TOUCHING_STROKES = 3  # a mark less than this many strokes tall is a dash or an underline, not two digits
@@ -625,13 +625,15 @@ def split_touching(digit: np.ndarray, labelled: bool = False) -> tuple[np.ndarra
     aslant = math.sqrt(2) * ink + SIDE_STEP  # a diagonal step goes sqrt(2) times as far through ink
     # total[y, x]: the cheapest path from the top to (y, x), which came from column x + step[y, x] above.
     total, step = ink.copy(), np.zeros(box.shape, np.int64)
+    above = np.full(width + 2, np.inf)  # the row above, with a wall on each side
     for y in range(1, height):
-        above = total[y - 1]
-        ways = np.stack(
-            [above + ink[y], np.r_[np.inf, above[:-1]] + aslant[y], np.r_[above[1:], np.inf] + aslant[y]]
-        )
-        way = ways.argmin(axis=0)
-        total[y], step[y] = ways[way, np.arange(width)], np.array([0, -1, 1])[way]
+        above[1:-1] = total[y - 1]
+        best = above[1:-1] + ink[y]
+        for side in (-1, 1):  # straight down wins a tie, then from the left
+            came = above[1 + side : width + 1 + side] + aslant[y]
+            better = came < best
+            best[better], step[y, better] = came[better], side
+        total[y] = best
     tall = box.any(axis=1).sum()
     tried: list[int] = []
     for end in np.lexsort((np.abs(np.arange(width) - width / 2), total[-1])):

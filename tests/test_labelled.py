@@ -99,16 +99,21 @@ def test_a_touching_number_reaches_training_as_its_digits(shipped, mnist, indice
 
 
 def test_the_touching_mark_read_as_one_digit_is_found_and_no_single_digit_is(shipped, mnist):
-    photo = touching(mnist, [5036, 5022])  # 1 and 9, read as one 4
-    reading = shipped.read(photo)
-    assert reading.digits == "4"
-    merged = inputs_for_label(shipped, photo, "19").merged
-    assert any(np.abs(mark - reading.inputs[0]).max() < 1e-6 for mark in merged)
+    # 1 and 9 read as one 4; 8 and 1 as one 8, a narrow mark (0.86 times as wide as tall)
+    for indices, read, label in (([5036, 5022], "4", "19"), ([6199, 1254], "8", "81")):
+        photo = touching(mnist, indices)
+        reading = shipped.read(photo)
+        assert reading.digits == read
+        merged = inputs_for_label(shipped, photo, label).merged
+        assert any(np.abs(mark - reading.inputs[0]).max() < 1e-6 for mark in merged), label
     # Only marks that reading may cut: a mistyped correction ("44" for a 4) does not teach that the digit
     # written is no digit, and a 7 whose bar runs over the 1 beside it is one digit.
     four = touching(mnist, [6])  # one MNIST 4, alone
     assert shipped.read(four).digits == "4"
     assert len(inputs_for_label(shipped, four, "44").merged) == 0
+    zero = touching(mnist, [28])  # a 0 that reading may cut (0.7 times as wide as tall), into no 0s
+    assert shipped.read(zero).digits == "0"
+    assert len(inputs_for_label(shipped, zero, "00").merged) == 0
     page = Image.new("L", (600, 400), 255)
     for stroke in ([(200, 170), (260, 120), (260, 300)], [(245, 95), (380, 95), (300, 300)]):  # 1, 7
         ImageDraw.Draw(page).line(stroke, fill=30, width=12, joint="curve")

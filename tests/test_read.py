@@ -81,10 +81,14 @@ def test_reads_a_number_saved_at_mnists_size(shipped, mnist):
 
 @pytest.mark.parametrize(
     "indices",
-    [[9350, 5598], [3754, 5253], [5292, 2302], [4065, 8190], [9138, 5091], [7344, 7492], [4526, 7884, 3296]],
-)
+    [
+        [9350, 5598], [3754, 5253], [5292, 2302], [4065, 8190], [9138, 5091], [7344, 7492],
+        [4526, 7884, 3296], [2477, 2928], [8239, 4580],
+    ],
+)  # fmt: skip
 def test_reads_a_number_whose_digits_touch(shipped, mnist, indices):
-    # Each pair was read as one digit (45 as 5, 50 as 8, 21 as 2, 07 as 0, 61 as 4, 12 as 2; 397 as 9).
+    # Each pair was read as one digit (45 as 5, 50 as 8, 21 as 2, 07 as 0, 61 as 4, 12 as 2; 397 as 9); the
+    # last two as narrow marks, less than 1.1 times as wide as tall, that were not cut (91 as 9, 11 as 0).
     reading = shipped.read(photos.touching(mnist, indices))
     assert reading.digits == "".join(str(mnist.y_test[i]) for i in indices)
 
@@ -110,6 +114,16 @@ def test_a_wide_mark_is_read_as_two_digits_when_its_halves_are_surer(shipped, mn
     assert (shipped.classify(image).confidence >= shipped.min_confidence) == (whole == "sure")
     reading = shipped.reading([Segmentation([_mark(mnist, aspect, image)], dark_ink=True)])
     assert reading.digits == read and len(reading.inputs) == len(read)
+
+
+@pytest.mark.parametrize(("aspect", "read"), [(1.2, "82"), (0.9, "7")])
+def test_a_narrow_mark_is_two_digits_only_when_its_halves_read_all_but_certain(shipped, mnist, aspect, read):
+    # Most single digits are narrower than 1.1 times their height, so their halves must read as surely as a
+    # turned digit's: an unsure 7 on a page's rim, cut, read "71" with 0.94 and 1.00.
+    whole = np.maximum(mnist.x_test[0], mnist.x_test[1]) / 255  # read unsure, as 7
+    eight, two = (DigitCrop((0.0, 0.0, 1.0, 1.0), mnist.x_test[i] / 255) for i in (582, 1))  # 0.89, 1.00
+    mark = DigitCrop((0.0, 0.0, 1.0, 1.0), whole, aspect, (eight, two))
+    assert shipped.reading([Segmentation([mark], dark_ink=True)]).digits == read
 
 
 @pytest.mark.parametrize("threshold", [0.7, 0.0])
