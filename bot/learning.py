@@ -66,8 +66,8 @@ def training_sample(recognizer, photo: LabelledPhoto) -> Sample | None:
     (and the marks holding several of them); for rows stored before photos were kept, the crops the model
     saw, if there are as many. None when the label's digits cannot be found."""
     from recognizer import ImageError
+    from recognizer.data import to_uint8
     from recognizer.labelled import inputs_for_label
-    from storage.repository import pack_inputs, unpack_inputs
 
     if photo.image is None:
         return Sample(photo, photo.inputs) if len(photo.inputs) == len(photo.label) else None
@@ -77,7 +77,7 @@ def training_sample(recognizer, photo: LabelledPhoto) -> Sample | None:
         return None
     if found is None:
         return None
-    return Sample(photo, unpack_inputs(pack_inputs(found.digits)), unpack_inputs(pack_inputs(found.merged)))
+    return Sample(photo, to_uint8(found.digits), to_uint8(found.merged))
 
 
 def holdout_users(samples: list[Sample], percent: int) -> set[int]:

@@ -128,6 +128,11 @@ def load_mnist(mnist_dir: str | Path | None = None) -> Mnist:
     return load_npz(cache)
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """float (N, 28, 28) in [0, 1] -> uint8, as MNIST is kept (and the inputs learnt from are)."""
+    return (np.clip(np.asarray(images, np.float32), 0, 1) * 255).round().astype(np.uint8)
+
+
 def to_model_input(images: np.ndarray) -> np.ndarray:
     """uint8 (N, 28, 28) -> float32 (N, 28, 28, 1) in [0, 1], the model's input."""
     return (np.asarray(images, dtype=np.float32) / 255.0)[..., None]

@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from recognizer.augment import mnist_glyph, place
 from recognizer.classify import NARROW_PAIR_ASPECT, Reading, Recognizer
+from recognizer.data import to_uint8
 from recognizer.images import decode_image
 from recognizer.prepare import prepare_photo
 from recognizer.preprocess import (
@@ -242,6 +243,6 @@ def on_their_page(
         new_label = "".join(str(int(mnist[1][i])) for i in picks)
         found = None if written is None else _labelled_digits(recognizer, ink_map(written), new_label)
         if found is not None:
-            inputs.append((found[1] * 255).round().astype(np.uint8))
+            inputs.append(to_uint8(found[1]))
             labels += [int(d) for d in new_label]
     return np.concatenate(inputs), np.array(labels, np.int64)
