@@ -107,12 +107,13 @@ def _labelled_digits(
     return max(candidates, key=lambda c: c[0])[1:] if candidates else None
 
 
-def _merged(ink: InkMap, digits: list[np.ndarray], read_as_label: np.ndarray) -> np.ndarray:
+def _merged(ink: InkMap, digits: list[np.ndarray], label: str, read_as_label: np.ndarray) -> np.ndarray:
     """float32 (K, 28, 28): the marks that reading may take as one digit or as two (those it may cut, see
     classify._digits; in any of the ink masks, whole or a half of one: DigitCrop.pieces) whose box holds
-    the centres of two or more of the label's `digits`; a narrow one (classify.NARROW_PAIR_ASPECT) only
-    if those digits `read_as_label`. Left out: a 7 whose bar runs over the 1 beside it (no cut), and one
-    digit that a mistyped correction says is two ("44" for a 4; "00" for a 0, whose halves read as no 0)."""
+    the centres of two or more of the label's `digits`. Where the mark may well be one digit, only if those
+    digits `read_as_label`: a narrow mark (classify.NARROW_PAIR_ASPECT; most single digits are), or one the
+    label calls the same digit twice (a double tap: "44" for a 4, "00" for a 0, whose halves read as no
+    0s). Left out too: a 7 whose bar runs over the 1 beside it (reading may not cut it)."""
     height, width = ink.contrast.shape
     centres = [ndimage.center_of_mass(digit) for digit in digits]
     found: dict[bytes, np.ndarray] = {}
@@ -120,8 +121,11 @@ def _merged(ink: InkMap, digits: list[np.ndarray], read_as_label: np.ndarray) ->
         for crop in (piece for whole in option.crops for piece in whole.pieces()):
             x0, y0, x1, y1 = crop.box
             held = [x0 * width <= x < x1 * width and y0 * height <= y < y1 * height for y, x in centres]
-            narrow = crop.aspect < NARROW_PAIR_ASPECT and not read_as_label[held].all()
-            if crop.halves is not None and sum(held) >= 2 and not narrow:
+            named = [digit for digit, inside in zip(label, held, strict=True) if inside]
+            if crop.halves is None or len(named) < 2:
+                continue
+            doubtful = crop.aspect < NARROW_PAIR_ASPECT or len(set(named)) == 1
+            if read_as_label[held].all() or not doubtful:
                 found[crop.image.round(2).tobytes()] = crop.image
     return np.stack(list(found.values())) if found else np.zeros((0, 28, 28), np.float32)
 
@@ -149,7 +153,7 @@ def inputs_for_label(recognizer: Recognizer, photo: bytes | np.ndarray, label: s
     if len(label) == 1:  # one digit has no marks holding several: the segmentations need not be made again
         return LabelledInputs(crops, np.zeros((0, 28, 28), np.float32))
     read_as_label = recognizer.probabilities(crops).argmax(axis=1) == [int(d) for d in label]
-    return LabelledInputs(crops, _merged(ink, groups, read_as_label))
+    return LabelledInputs(crops, _merged(ink, groups, label, read_as_label))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from recognizer.data import to_uint8
 from storage.db import for_writing
 from storage.models import Feedback, ModelFile, ModelVersion, Prediction, TrainingRun, User, utcnow
 
@@ -113,7 +114,7 @@ def _close_run(
 
 def pack_inputs(inputs: np.ndarray) -> bytes:
     """float (N, 28, 28) in [0, 1] -> N*784 bytes (uint8), the compact form kept for training."""
-    return (np.clip(np.asarray(inputs, np.float32), 0, 1) * 255).round().astype(np.uint8).tobytes()
+    return to_uint8(inputs).tobytes()
 
 
 def unpack_inputs(data: bytes) -> np.ndarray:
