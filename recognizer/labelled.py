@@ -94,16 +94,18 @@ def _hypotheses(ink: InkMap, count: int) -> Iterator[tuple[list[np.ndarray], np.
 
 def _labelled_digits(
     recognizer: Recognizer, ink: InkMap, label: str
-) -> tuple[list[np.ndarray], np.ndarray] | None:
-    """The segmentation into the label's digits that the model finds most likely to be them."""
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray] | None:
+    """The segmentation into the label's digits that the model finds most likely to be them: (a mask per
+    digit, their inputs, whether each reads as its digit of the label)."""
     digits = [int(d) for d in label]
     candidates = []
     for groups, crops in _hypotheses(ink, len(label)):
         probabilities = recognizer.probabilities(crops)
-        if not candidates and (probabilities.argmax(axis=1) == digits).all():
-            return groups, crops  # the preferred segmentation already reads as the label (most confirmations)
+        read_as_label = probabilities.argmax(axis=1) == digits
+        if not candidates and read_as_label.all():
+            return groups, crops, read_as_label  # the preferred segmentation reads so (most confirmations)
         likelihood = np.log(probabilities[np.arange(len(label)), digits] + 1e-9).sum()
-        candidates.append((likelihood, groups, crops))
+        candidates.append((likelihood, groups, crops, read_as_label))
     return max(candidates, key=lambda c: c[0])[1:] if candidates else None
 
 
@@ -149,10 +151,9 @@ def inputs_for_label(recognizer: Recognizer, photo: bytes | np.ndarray, label: s
     found = _labelled_digits(recognizer, ink, label)
     if found is None:
         return None
-    groups, crops = found
+    groups, crops, read_as_label = found
     if len(label) == 1:  # one digit has no marks holding several: the segmentations need not be made again
         return LabelledInputs(crops, np.zeros((0, 28, 28), np.float32))
-    read_as_label = recognizer.probabilities(crops).argmax(axis=1) == [int(d) for d in label]
     return LabelledInputs(crops, _merged(ink, groups, label, read_as_label))
 
 
