@@ -182,7 +182,9 @@ def real_table(splits: list[dict]) -> str:
 def styles_kept(args: argparse.Namespace, shipped: Recognizer, tmp: Path) -> dict:
     mnist = load_mnist(args.mnist_dir)
     ones_and_sevens = np.isin(mnist.y_test, [1, 7])
-    x, y = add_writing_styles(mnist.x_test[ones_and_sevens], mnist.y_test[ones_and_sevens], 1.0, seed=5)
+    x, y = add_writing_styles(
+        mnist.x_test[ones_and_sevens], mnist.y_test[ones_and_sevens], 1.0, seed=5, touching=0.0
+    )
     drawn_x, drawn_y = to_model_input(x[ones_and_sevens.sum() :]), y[ones_and_sevens.sum() :]
     store = fresh_store(tmp / "styles")
     result, seconds = one_run(tmp / "styles", args.mnist_dir)

@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--no-styles",
         action="store_true",
-        help="do not add continental 1s and crossed 7s to the training set",
+        help="do not add continental 1s, crossed 7s and touching digits to the training set",
     )
     train.add_argument(
         "--init-from",

@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "digitbot.keras"  # the shipped model
 MIN_CONFIDENCE = 0.7  # below this a digit is "unsure"; bench/photos.py shows the error/reject trade-off
 # A training label for a mark that holds several digits, which a reading took for one (two touching digits):
-# it is to be read as surely no one digit (finetune.targets), so that its halves win (classify._digits).
+# it is to be read as surely no one digit (train.targets), so that its halves win (classify._digits).
 NOT_ONE_DIGIT = -1
 
 __all__ = ["DEFAULT_MODEL", "NOT_ONE_DIGIT", "ImageError", "Prediction", "Reading", "Recognizer", "percent"]

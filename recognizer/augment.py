@@ -1,9 +1,10 @@
 """Training-time augmentation: the ways a photographed, pipeline-normalised digit differs from MNIST.
 
 Geometry (rotation, shear, scale, shift), stroke thickness, hard thresholding, blur and sensor noise,
-applied to whole batches inside tf.data so the saved model stays plain Keras layers; and writing styles
-MNIST lacks (continental 1s and crossed 7s), added once to the training set. And MNIST digits drawn as ink
-of any size, to write on a page: a corrected photo's (recognizer/labelled.py), a synthetic photo's (bench).
+applied to whole batches inside tf.data so the saved model stays plain Keras layers; and ways of writing
+MNIST lacks (continental 1s and crossed 7s; digits that touch, which are no one digit), added once to the
+training set. And MNIST digits drawn as ink of any size, to write on a page: a corrected photo's
+(recognizer/labelled.py), a synthetic photo's (bench).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from recognizer import NOT_ONE_DIGIT
 from recognizer.preprocess import stroke_width, to_mnist
 
 
@@ -127,17 +129,66 @@ def crossed_seven(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return to_mnist(mask)
 
 
-def _enlarge(digit: np.ndarray, factor: int = 4) -> np.ndarray:
-    """uint8 28x28 -> a boolean ink mask `factor` times larger, as a photo's binarised digit would be."""
-    big = Image.fromarray(digit).resize((28 * factor, 28 * factor), Image.Resampling.BILINEAR)
+def _enlarge(digit: np.ndarray, size: int = 112) -> np.ndarray:
+    """uint8 28x28 -> a boolean ink mask `size` pixels square, as a photo's binarised digit would be."""
+    big = Image.fromarray(digit).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(big) > 100
 
 
+def _ink(mask: np.ndarray) -> np.ndarray:
+    rows, cols = ndimage.find_objects(mask.astype(np.int8))[0]
+    return mask[rows, cols]
+
+
+def _written_after(number: np.ndarray, digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Ink masks side by side, `digit` slid left until its ink touches `number`'s, a little above or below
+    it, and up to 8% of the taller's height over it (a third digit up to about 13% of its own: the number's
+    height then counts the room left above and below the first two): a number written quickly."""
+    tallest = max(number.shape[0], digit.shape[0])
+    margin = tallest // 10
+    height = tallest + 2 * margin
+    top = (height - digit.shape[0]) // 2 + int(rng.integers(-margin, margin + 1))
+    placed = np.zeros((height, number.shape[1]), bool)
+    placed[(height - number.shape[0]) // 2 :][: number.shape[0]] = number
+    # Per row, the number's last ink (a row either way too: touching diagonally is touching) and the
+    # digit's first: the digit may move left until they meet.
+    last = ndimage.maximum_filter1d(
+        np.where(placed.any(axis=1), placed.shape[1] - 1 - np.argmax(placed[:, ::-1], axis=1), -1), 3
+    )[top : top + digit.shape[0]]
+    first = np.where(digit.any(axis=1), np.argmax(digit, axis=1), digit.shape[1])
+    meet = last >= 0
+    left = int((last[meet] - first[meet]).max()) + 1 if meet.any() else number.shape[1]
+    left = max(0, left - int(rng.integers(0, round(0.08 * tallest) + 1)))
+    out = np.zeros((height, max(placed.shape[1], left + digit.shape[1])), bool)
+    out[:, : placed.shape[1]] = placed
+    out[top : top + digit.shape[0], left : left + digit.shape[1]] |= digit
+    return out
+
+
+def touching_digits(x: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (count, 28, 28): marks of two digits of `x` (uint8 (N, 28, 28)), or three (one in five), written
+    touching and made the pipeline's input as one mark is (preprocess.to_mnist).
+
+    Reading keeps a mark whole when it reads surely as one digit (classify._digits), and MNIST has no digits
+    that touch: "80" read surely as an 8, whatever its halves read. Taught as NOT_ONE_DIGIT, such a mark
+    reads unsure, and its halves win."""
+    marks = np.zeros((count, 28, 28), np.uint8)
+    for i in range(count):
+        digits = x[rng.integers(len(x), size=3 if rng.random() < 0.2 else 2)]
+        number = None
+        for digit in digits:
+            ink = _ink(_enlarge(digit, round(112 * rng.uniform(0.85, 1.15))))
+            number = ink if number is None else _written_after(number, ink, rng)
+        marks[i] = np.round(to_mnist(number) * 255)
+    return marks
+
+
 def add_writing_styles(
-    x: np.ndarray, y: np.ndarray, share: float = 0.3, seed: int = 0
+    x: np.ndarray, y: np.ndarray, share: float = 0.3, seed: int = 0, touching: float = 0.07
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Add continental 1s and crossed 7s, made from `share` of the 1s and 7s in (x uint8 (N, 28, 28), y):
-    MNIST's US writers barely have them, many European users write nothing else."""
+    """-> (x, y int64) with continental 1s and crossed 7s added, made from `share` of the 1s and 7s in
+    (x uint8 (N, 28, 28), y): MNIST's US writers barely have them, many European users write nothing else.
+    And `touching` times N marks of digits written touching, labelled NOT_ONE_DIGIT (touching_digits)."""
     rng = np.random.default_rng(seed)
     made, labels = [], []
     for label, style in ((1, european_one), (7, crossed_seven)):
@@ -145,9 +196,13 @@ def add_writing_styles(
         chosen = rng.choice(chosen, round(share * len(chosen)), replace=False) if len(chosen) else chosen
         made += [np.round(style(x[i], rng) * 255).astype(np.uint8) for i in chosen]
         labels += [label] * len(chosen)
+    marks = touching_digits(x, round(touching * len(x)), rng) if len(x) else np.zeros((0, 28, 28), np.uint8)
+    made += list(marks)
+    labels += [NOT_ONE_DIGIT] * len(marks)
+    y = y.astype(np.int64)
     if not made:
         return x, y
-    return np.concatenate([x, np.stack(made)]), np.concatenate([y, np.array(labels, dtype=y.dtype)])
+    return np.concatenate([x, np.stack(made)]), np.concatenate([y, np.array(labels, np.int64)])
 
 
 def mnist_glyph(image: np.ndarray, height: int, stroke: float = 1.0) -> np.ndarray:

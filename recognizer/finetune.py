@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import keras
 import numpy as np
 
-from recognizer import NOT_ONE_DIGIT, percent
+from recognizer import percent
 from recognizer.augment import add_writing_styles
 from recognizer.data import Mnist, to_model_input
 from recognizer.evaluate import evaluate_arrays
@@ -75,28 +75,16 @@ def training_mix(
     """-> (x uint8 (N, 28, 28), y: digits or NOT_ONE_DIGIT) to fine-tune on, and how often each users'
     sample is in it.
 
-    What training taught is rehearsed, its writing styles included: MNIST barely has continental 1s and
-    crossed 7s, and a run on MNIST alone forgot them (a real continental 1 read as 7 again)."""
+    What training taught is rehearsed, the ways of writing it added included: MNIST barely has continental
+    1s and crossed 7s, and a run on MNIST alone forgot them (a real continental 1 read as 7 again); nor
+    touching digits (augment.touching_digits)."""
     rng = np.random.default_rng(config.seed)
     pick = rng.choice(len(mnist.x_train), min(config.mnist_samples, len(mnist.x_train)), replace=False)
     known_x, known_y = add_writing_styles(mnist.x_train[pick], mnist.y_train[pick], seed=config.seed)
     each = repeats(users, len(known_x), config)
     x = np.concatenate([known_x, np.repeat(images, each, axis=0)])
-    y = np.concatenate([known_y.astype(np.int64), np.repeat(labels.astype(np.int64), each)])
+    y = np.concatenate([known_y, np.repeat(labels.astype(np.int64), each)])
     return x, y, each
-
-
-def targets(labels: np.ndarray) -> np.ndarray:
-    """Labels -> the probabilities the model should answer, float32 (N, 10): the digit's one-hot row, or for
-    NOT_ONE_DIGIT an even spread over the ten, as outlier exposure trains what is no digit (Hendrycks et
-    al., 2019). A built-in loss on them, so that a fine-tuned model loads anywhere Keras does."""
-    labels = np.asarray(labels, np.int64)
-    several = labels == NOT_ONE_DIGIT
-    if not ((labels >= 0) & (labels <= 9) | several).all():
-        raise ValueError(f"labels must be digits or NOT_ONE_DIGIT, got {sorted(set(labels.tolist()))}")
-    answer = np.eye(10, dtype=np.float32)[np.where(several, 0, labels)]
-    answer[several] = 0.1
-    return answer
 
 
 def fine_tune(
@@ -109,7 +97,7 @@ def fine_tune(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, list[float]]:
     """Continue training `model` in place on a mix of MNIST and the users' (uint8 28x28) samples, labelled
-    with digits or NOT_ONE_DIGIT (the accuracy it reports takes those as right when read as 0)."""
+    with digits or NOT_ONE_DIGIT."""
     x, y, each = training_mix(mnist, images, labels, users, config)
     settings = TrainConfig(
         epochs=config.epochs,
@@ -119,8 +107,8 @@ def fine_tune(
         validation_split=0.0,
     )
     log.info(
-        "fine-tuning on %d images: %d MNIST (continental 1s and crossed 7s added), %d users' samples "
-        "repeated %d-%d times",
+        "fine-tuning on %d images: %d MNIST (continental 1s, crossed 7s, touching digits added), "
+        "%d users' samples repeated %d-%d times",
         len(x),
         len(x) - each.sum(),
         len(images),
@@ -128,7 +116,7 @@ def fine_tune(
         each.max(initial=0),
     )
     budget = TimeBudget(config.time_budget_s, progress)
-    return fit(model, (to_model_input(x), targets(y)), None, settings, verbose=0, extra_callbacks=[budget])
+    return fit(model, (to_model_input(x), y), None, settings, verbose=0, extra_callbacks=[budget])
 
 
 MIN_HOLDOUT_SAMPLES = 20  # fewer held-out samples (or users) than this cannot show a candidate is worse

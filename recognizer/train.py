@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from recognizer import NOT_ONE_DIGIT
 from recognizer.augment import add_writing_styles, augment
 from recognizer.data import Mnist, to_model_input
 from recognizer.devices import describe_devices, is_chief, make_strategy, worker_count
@@ -36,7 +37,7 @@ class TrainConfig:
     seed: int = 42
     limit: int | None = None  # train on the first N training images only (quick runs)
     augment: bool = True
-    styles: bool = True  # add continental 1s and crossed 7s (recognizer.augment.add_writing_styles)
+    styles: bool = True  # add continental 1s, crossed 7s, touching digits (augment.add_writing_styles)
     patience: int = 10  # early stopping on validation accuracy
     tensorboard_dir: str | None = None
     init_from: str | None = None  # start from this .keras model's weights (a fine-tune) instead of scratch
@@ -78,11 +79,23 @@ def make_optimizer(learning_rate: float, steps: int) -> keras.optimizers.Optimiz
     return keras.optimizers.Adam(schedule)
 
 
-def compile_model(model: keras.Model, learning_rate: float, steps: int, soft: bool = False) -> None:
-    """Labels are digits; or (`soft`) the probabilities to answer, a row of ten each (finetune.targets)."""
+def targets(labels: np.ndarray) -> np.ndarray:
+    """Labels -> the probabilities the model should answer, float32 (N, 10): the digit's one-hot row, or for
+    NOT_ONE_DIGIT an even spread over the ten, as outlier exposure trains what is no digit (Hendrycks et
+    al., 2019). A built-in loss on them, so that a trained model loads anywhere Keras does."""
+    labels = np.asarray(labels, np.int64)
+    several = labels == NOT_ONE_DIGIT
+    if not ((labels >= 0) & (labels <= 9) | several).all():
+        raise ValueError(f"labels must be digits or NOT_ONE_DIGIT, got {sorted(set(labels.tolist()))}")
+    answer = np.eye(10, dtype=np.float32)[np.where(several, 0, labels)]
+    answer[several] = 0.1
+    return answer
+
+
+def compile_model(model: keras.Model, learning_rate: float, steps: int) -> None:
     model.compile(
         optimizer=make_optimizer(learning_rate, steps),
-        loss="categorical_crossentropy" if soft else "sparse_categorical_crossentropy",
+        loss="categorical_crossentropy",
         metrics=["accuracy"],
     )
 
@@ -95,13 +108,15 @@ def fit(
     verbose: str | int = "auto",
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> dict[str, list[float]]:
-    """Fit with the schedule above, on digits (N,) or the probabilities to answer (N, 10). With a validation
-    set, stop early and end with the weights of the best epoch by validation accuracy."""
+    """Fit with the schedule above, on labels that are digits or NOT_ONE_DIGIT (the accuracy it reports
+    takes those as right when read as 0). With a validation set, stop early and end with the weights of the
+    best epoch by validation accuracy."""
     steps = config.epochs * int(np.ceil(len(train[0]) / config.batch_size))
-    compile_model(model, config.learning_rate, steps, soft=np.ndim(train[1]) == 2)
+    compile_model(model, config.learning_rate, steps)
     callbacks = list(extra_callbacks or [])
     validating = validation is not None and len(validation[0]) > 0
     if validating:
+        validation = (validation[0], targets(validation[1]))
         callbacks.append(
             keras.callbacks.EarlyStopping(
                 monitor="val_accuracy", patience=config.patience, restore_best_weights=True
@@ -110,7 +125,7 @@ def fit(
     if config.tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(config.tensorboard_dir))
     history = model.fit(
-        training_dataset(*train, config),
+        training_dataset(train[0], targets(train[1]), config),
         validation_data=validation if validating else None,
         epochs=config.epochs,
         callbacks=callbacks,
@@ -132,7 +147,7 @@ def fit_multi_worker(
     and best epoch. `config.batch_size` is the global batch. Each step's collectives wait for every worker, so
     all of them must run the same steps: a fixed number per epoch over endlessly repeated shards, and the
     same decision to stop."""
-    x, y = train
+    x, y = train[0], targets(train[1])
     steps_per_epoch = max(1, len(x) // config.batch_size)
     with strategy.scope():
         optimizer = make_optimizer(config.learning_rate, config.epochs * steps_per_epoch)
@@ -147,14 +162,14 @@ def fit_multi_worker(
     def replica_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             probabilities = model(images, training=True)
-            per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+            per_example = keras.losses.categorical_crossentropy(labels, probabilities)
             loss = tf.nn.compute_average_loss(per_example)  # over the global batch: gradients are summed
         gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply(gradients, model.trainable_variables)  # all-reduced (summed) across replicas
         hits = tf.reduce_sum(
-            tf.cast(tf.argmax(probabilities, axis=1) == tf.cast(labels, tf.int64), tf.float32)
+            tf.cast(tf.argmax(probabilities, axis=1) == tf.argmax(labels, axis=1), tf.float32)
         )
-        return tf.stack([loss, hits, tf.cast(tf.size(labels), tf.float32)])
+        return tf.stack([loss, hits, tf.cast(tf.shape(labels)[0], tf.float32)])
 
     @tf.function
     def train_step() -> tf.Tensor:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bot.cli import main
-from recognizer import Prediction, Recognizer
+from recognizer import NOT_ONE_DIGIT, Prediction, Recognizer
 from recognizer.evaluate import evaluate_arrays
 from recognizer.model import build_model
 from tests.conftest import MNIST_DIR, ROOT
@@ -93,6 +93,29 @@ def test_writing_styles_add_continental_ones_and_crossed_sevens(mnist):
     # The up-stroke puts ink left of the stem, low in the top half, where a plain MNIST 1 has little.
     plain_ones = x[y == 1].astype(np.float32)
     assert new_ones[:, 8:14, 4:12].mean() > 1.5 * plain_ones[:, 8:14, 4:12].mean()
+
+
+def test_touching_digits_are_one_mark_of_two_or_three_digits(mnist):
+    from scipy import ndimage
+
+    from recognizer.augment import _written_after, add_writing_styles
+
+    rng = np.random.default_rng(0)
+    tall, short = np.ones((40, 6), bool), np.ones((30, 6), bool)
+    for _ in range(20):
+        number = _written_after(tall, short, rng)
+        # one mark: the second bar, a little higher or lower, slid left until it touches the first, or a
+        # little over it
+        assert ndimage.label(number, np.ones((3, 3)))[1] == 1
+        assert 12 - round(0.08 * 40) <= np.any(number, axis=0).sum() <= 12
+    x, y = mnist.x_train[:1000], mnist.y_train[:1000]
+    more_x, more_y = add_writing_styles(x, y, seed=1)
+    marks = more_x[more_y == NOT_ONE_DIGIT]
+    assert len(marks) == 70 and marks.dtype == np.uint8 and more_y.dtype == np.int64
+    # made as the pipeline makes one mark: fit into 20x20 keeping its aspect, most wider than tall
+    columns = (marks > 0).any(axis=1).sum(axis=1)
+    rows = (marks > 0).any(axis=2).sum(axis=1)
+    assert np.median(columns) == 20 and np.median(rows) < 18
 
 
 def test_save_load_round_trip_predicts_identically(tiny_model, test_images, tmp_path):
