@@ -198,7 +198,7 @@ def retrain(
         for photo in feedback.photos:
             sample = training_sample(recognizer, photo)
             if sample is None:
-                reason = "no segmentation into the label's digits"
+                reason = "no segmentation into the label's digits, or only into pieces of others"
                 unusable[reason] = unusable.get(reason, 0) + 1
             else:
                 samples.append(sample)
