@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from recognizer import NOT_ONE_DIGIT
+from recognizer.data import to_uint8
 from recognizer.preprocess import stroke_width, to_mnist
 
 
@@ -179,7 +180,7 @@ def touching_digits(x: np.ndarray, count: int, rng: np.random.Generator) -> np.n
         for digit in digits:
             ink = _ink(_enlarge(digit, round(112 * rng.uniform(0.85, 1.15))))
             number = ink if number is None else _written_after(number, ink, rng)
-        marks[i] = np.round(to_mnist(number) * 255)
+        marks[i] = to_uint8(to_mnist(number))
     return marks
 
 
@@ -194,9 +195,9 @@ def add_writing_styles(
     for label, style in ((1, european_one), (7, crossed_seven)):
         chosen = np.flatnonzero(y == label)
         chosen = rng.choice(chosen, round(share * len(chosen)), replace=False) if len(chosen) else chosen
-        made += [np.round(style(x[i], rng) * 255).astype(np.uint8) for i in chosen]
+        made += [to_uint8(style(x[i], rng)) for i in chosen]
         labels += [label] * len(chosen)
-    marks = touching_digits(x, round(touching * len(x)), rng) if len(x) else np.zeros((0, 28, 28), np.uint8)
+    marks = touching_digits(x, round(touching * len(x)), rng)
     made += list(marks)
     labels += [NOT_ONE_DIGIT] * len(marks)
     y = y.astype(np.int64)
