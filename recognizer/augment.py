@@ -206,16 +206,32 @@ def add_writing_styles(
     return np.concatenate([x, np.stack(made)]), np.concatenate([y, np.array(labels, np.int64)])
 
 
-def mnist_glyph(image: np.ndarray, height: int, stroke: float = 1.0) -> np.ndarray:
-    """A 28x28 uint8 MNIST digit -> an ink mask `height` pixels tall (strokes scaled by `stroke`)."""
+def ink_slant(mask: np.ndarray) -> float:
+    """How far a shape's ink runs right per pixel down, by least squares: its slant."""
+    ys, xs = np.nonzero(mask)
+    return float(np.cov(xs, ys)[0, 1] / max(np.var(ys, ddof=1), 1e-9)) if len(ys) > 1 else 0.0
+
+
+def mnist_glyph(
+    image: np.ndarray, height: int, stroke: float = 1.0, width: float = 1.0, slant: float = 0.0
+) -> np.ndarray:
+    """A 28x28 uint8 MNIST digit -> an ink mask `height` pixels tall (strokes scaled by `stroke`), `width`
+    times as wide once upright, and slanted `slant` more (pixels right per pixel down)."""
     ys, xs = np.nonzero(image > 30)
     crop = image[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32) / 255
     scale = height / crop.shape[0]
     big = np.asarray(
         Image.fromarray(crop, "F").resize(
-            (max(2, round(crop.shape[1] * scale)), height), Image.Resampling.BICUBIC
+            (max(2, round(crop.shape[1] * scale * width)), height), Image.Resampling.BICUBIC
         )
     )
+    # Made narrower or wider, the digit's own slant is too: sheared back to it, and `slant` more.
+    shear = slant + (1 / width - 1) * ink_slant(big > 0.45)
+    if shear:
+        side = int(np.ceil(abs(shear) * height / 2)) + 1
+        big = ndimage.affine_transform(
+            np.pad(big, ((0, 0), (side, side))), [[1, 0], [-shear, 1]], offset=[0, shear * height / 2]
+        )
     mask = big > 0.45
     if stroke != 1.0:
         pad = int(scale * 3)

@@ -7,8 +7,8 @@ several segmentation hypotheses (the pipeline's own, strokes that line removal a
 threshold; groups merged or split until the count matches) and the one whose crops the model finds most
 likely to be the labelled digits wins.
 
-A corrected photo also shows the writer's page: `on_their_page` writes MNIST digits of every kind where
-its digits were, in the writer's pen, and reads them off that page the same way.
+A corrected photo also shows the writer's page and hand: `on_their_page` writes MNIST digits of every kind
+where its digits were, in the writer's pen and hand, and reads them off that page the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from recognizer.augment import mnist_glyph, place
+from recognizer.augment import ink_slant, mnist_glyph, place
 from recognizer.classify import NARROW_PAIR_ASPECT, Reading, Recognizer
 from recognizer.data import to_uint8
 from recognizer.images import decode_image
@@ -44,6 +44,11 @@ from recognizer.preprocess import (
 # be that digit: more than the 0.1 it is taught to give a mark of several digits (train.targets). Digits
 # found as the pipeline groups them are learnt however surely they were misread, as a single digit is.
 PLAUSIBLE_DIGIT = 0.15
+
+# MNIST's training digits, the median for each digit of their slant and their width once upright (Hand.of):
+# a writer's digits against these say how they slant and how narrow they write. tests/test_labelled.py checks.
+MNIST_SLANT = (-0.21, -0.21, -0.08, -0.05, -0.05, -0.21, -0.02, -0.03, -0.18, 0.0)
+MNIST_ASPECT = (0.88, 0.11, 0.91, 0.72, 0.75, 0.79, 0.67, 0.74, 0.63, 0.62)
 
 
 def read_and_keep(recognizer: Recognizer, photo: bytes | str | Path) -> tuple[Reading, bytes]:
@@ -176,6 +181,40 @@ def inputs_for_label(recognizer: Recognizer, photo: bytes | np.ndarray, label: s
     return LabelledInputs(found.crops, _merged(ink, found.groups, label, read_as_label))
 
 
+def slant_and_aspect(mask: np.ndarray) -> tuple[float, float]:
+    """A digit's slant (augment.ink_slant) and its width over its height once upright, strokes discounted
+    (thick strokes widen a narrow digit)."""
+    ys, xs = np.nonzero(mask)
+    slant = ink_slant(mask)
+    upright = xs - slant * (ys - ys.mean())
+    stroke = stroke_width(mask)
+    return slant, max(0.0, float((np.ptp(upright) + 1 - stroke) / max(np.ptp(ys) + 1 - stroke, 1.0)))
+
+
+@dataclass(frozen=True)
+class Hand:
+    """How a writer's digits differ from MNIST's: `slant` more, and `width` times as wide once upright.
+
+    Why: a writer of narrow digits has narrow 7s that the model, taught on MNIST's, reads as 1s; one who
+    slants far has 1s that lean like 7s. MNIST digits written on their page in their hand teach the model
+    that hand, where MNIST's own teach it a page only. From one corrected digit the measure is rough (a real
+    writer's digits differ in slant by about 0.3 among themselves), but a hand measured a little off is
+    still a hand people write in."""
+
+    slant: float = 0.0
+    width: float = 1.0
+
+    @classmethod
+    def of(cls, written: list[np.ndarray], label: str) -> Hand:
+        """From the digits a writer wrote (masks, with their `label`): the medians of how each differs from
+        MNIST's median for that digit; the width from digits other than 1s (a 1 has none to speak of)."""
+        measured = [(*slant_and_aspect(mask), int(d)) for mask, d in zip(written, label, strict=True)]
+        slant = np.median([s - MNIST_SLANT[d] for s, _, d in measured])
+        widths = [a / MNIST_ASPECT[d] for _, a, d in measured if d != 1]
+        width = np.clip(np.median(widths), 0.4, 1.6) if widths else 1.0
+        return cls(float(np.clip(slant, -1.0, 1.0)), float(width))
+
+
 @dataclass(frozen=True)
 class Page:
     """A photo with its written digits erased: the writer's paper, light and pen, to write other digits on."""
@@ -184,24 +223,29 @@ class Page:
     paper: np.ndarray  # remove_background's estimate of the paper alone (no lines either)
     ink: InkMap  # the photo's: the pen's contrast and which way ink is
     written: list[np.ndarray]  # the digits that were there, a mask each: where new ones go, and how big
+    hand: Hand  # how the writer's digits slant and how wide they are, against MNIST's
 
     @classmethod
-    def erase(cls, gray: np.ndarray, ink: InkMap, written: list[np.ndarray]) -> Page:
+    def erase(cls, gray: np.ndarray, ink: InkMap, written: list[np.ndarray], hand: Hand = Hand()) -> Page:
         strokes = np.logical_or.reduce(written)
         # Faint ink beside the strokes (a blurred or greyish pen's edges) goes too, or the old digit shows.
         near = ndimage.binary_dilation(strokes, iterations=max(3, round(2 * stroke_width(strokes))))
         erase = ndimage.binary_dilation(strokes | (near & (ink.contrast > 0.1 * ink.solid)), iterations=2)
         paper = gray + (1.0 if ink.dark_ink else -1.0) * ink.contrast
-        return cls(_fill_rows(gray, erase), paper, ink, written)
+        return cls(_fill_rows(gray, erase), paper, ink, written, hand)
 
     def write(self, mnist_digits: list[np.ndarray]) -> np.ndarray | None:
         """The page with an MNIST digit (uint8 28x28) in place of each written digit: as tall, centred on the
-        same point, with the same stroke width and ink contrast. None if two of them would overlap side to
-        side: the pipeline would read them as one, and the labels would go to the wrong digits."""
+        same point, with the same stroke width and ink contrast, in the writer's hand (slant and width). None
+        if two of them would overlap side to side: the pipeline would read them as one, and the labels would
+        go to the wrong digits."""
         page, spans = self.blank, []
         for digit, image in zip(self.written, mnist_digits, strict=True):
             rows = np.flatnonzero(digit.any(axis=1))
-            glyph = _as_thick_as(mnist_glyph(image, int(rows[-1] - rows[0] + 1)), stroke_width(digit))
+            glyph = mnist_glyph(
+                image, int(rows[-1] - rows[0] + 1), width=self.hand.width, slant=self.hand.slant
+            )
+            glyph = _as_thick_as(glyph, stroke_width(digit))
             cy, cx = ndimage.center_of_mass(digit)
             gy, gx = ndimage.center_of_mass(glyph)
             placed = place(glyph, page.shape, round(cy - gy), round(cx - gx))
@@ -249,7 +293,8 @@ def on_their_page(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """-> (uint8 inputs (N, 28, 28), their labels): `times` over, MNIST digits (images, labels) written in
-    place of a corrected photo's digits, in its writer's pen, then read off that page by the pipeline.
+    place of a corrected photo's digits, in its writer's pen and hand (Hand), then read off that page by the
+    pipeline.
 
     Why: what makes a writer's digits hard is mostly what all of them share, their paper (ruled), pen and
     light, while each is a different digit. Fine-tuned on one corrected 4, the model learns that one shape
@@ -260,7 +305,7 @@ def on_their_page(
     inputs, labels = [np.zeros((0, 28, 28), np.uint8)], []
     if found is None:
         return inputs[0], np.zeros(0, np.int64)
-    page = Page.erase(gray, ink, found.groups)
+    page = Page.erase(gray, ink, found.groups, Hand.of(found.groups, label))
     for _ in range(times):
         picks = rng.integers(len(mnist[0]), size=len(page.written))
         written = page.write([mnist[0][i] for i in picks])

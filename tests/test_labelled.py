@@ -12,14 +12,19 @@ from scipy import ndimage
 
 from bot.learning import training_sample
 from recognizer import Recognizer
+from recognizer.augment import ink_slant, mnist_glyph
 from recognizer.images import decode_image
 from recognizer.labelled import (
+    MNIST_ASPECT,
+    MNIST_SLANT,
+    Hand,
     Page,
     _labelled_digits,
     _merged,
     inputs_for_label,
     on_their_page,
     read_and_keep,
+    slant_and_aspect,
 )
 from recognizer.prepare import photo_to_keep
 from recognizer.preprocess import ink_map, stroke_width
@@ -219,6 +224,59 @@ def test_a_digit_is_written_in_place_of_another_in_the_writers_pen(mnist, shippe
     assert np.hypot(y - was_y, x - was_x) <= 0.1 * was_height
     if photo == "lined five":
         assert paper_lines(written) == paper_lines(gray)
+
+
+def test_mnists_slant_and_width_are_its_medians(mnist):
+    # a random fifth: MNIST's training set comes in groups of writers
+    some = np.random.default_rng(0).choice(len(mnist.x_train), 12_000, replace=False)
+    measured = np.array([slant_and_aspect(image > 30) for image in mnist.x_train[some]])
+    for digit in range(10):
+        median = np.median(measured[mnist.y_train[some] == digit], axis=0)
+        # within 0.05: a writer's hand is measured far more roughly (one real writer's digits differ in
+        # slant by about 0.3 among themselves)
+        assert median == pytest.approx((MNIST_SLANT[digit], MNIST_ASPECT[digit]), abs=0.05), digit
+
+
+def slant_and_upright_width(mask: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.nonzero(mask)
+    return ink_slant(mask), np.ptp(xs - ink_slant(mask) * ys) + 1
+
+
+@pytest.mark.parametrize(("width", "slant"), [(0.5, 0.5), (1.5, -0.5), (0.7, 0.0)])
+def test_an_mnist_digit_is_drawn_as_wide_and_as_slanted_as_asked(mnist, width, slant):
+    for image in mnist.x_train[:20]:
+        plain_slant, plain_width = slant_and_upright_width(mnist_glyph(image, 160) > 0.5)
+        drawn = mnist_glyph(image, 160, width=width, slant=slant) > 0.5
+        drawn_slant, drawn_width = slant_and_upright_width(drawn)
+        assert drawn_slant == pytest.approx(plain_slant + slant, abs=0.03)  # its own slant kept
+        assert drawn_width == pytest.approx(plain_width * width, rel=0.1)
+
+
+def in_a_narrow_slanted_hand(photo: Image.Image) -> Image.Image:
+    """The photo squeezed to half its width, then sheared half a pixel right per pixel down."""
+    width, height = photo.size
+    narrow = photo.resize((width // 2, height), Image.Resampling.BILINEAR)
+    shear = (1, -0.5, 0, 0, 1, 0)  # the input pixel of output (x, y): (x - y/2, y)
+    return narrow.transform((width // 2 + height // 2, height), Image.Transform.AFFINE, shear, fillcolor=255)
+
+
+def test_mnist_digits_are_written_on_a_page_in_its_writers_hand(mnist):
+    four = digit_on_paper(mnist, int(np.flatnonzero(mnist.y_test == 4)[0]))
+    three = mnist.x_train[mnist.y_train == 3][0]
+    measured = {}
+    for hand, photo in (("plain", four), ("narrow, slanted", in_a_narrow_slanted_hand(four))):
+        gray = np.asarray(photo, np.float32) / 255
+        ink = ink_map(gray)
+        page = Page.erase(gray, ink, [ink.mask], Hand.of([ink.mask], "4"))
+        written = ink_map(page.write([three])).mask
+        measured[hand] = page.hand, slant_and_aspect(ink.mask)[0], slant_and_aspect(written)
+    (plain, four_slant, (plain_slant, plain_aspect)), (theirs, _, (slant, aspect)) = measured.values()
+    # Squeezed to half, the 4 leans half as much, then half a pixel more per pixel down.
+    assert theirs.width == pytest.approx(plain.width / 2, rel=0.15)
+    assert theirs.slant == pytest.approx(plain.slant + 0.5 - four_slant / 2, abs=0.05)
+    # The 3 is written as they write (not exactly: its strokes are redrawn as wide as their pen's).
+    assert slant == pytest.approx(plain_slant + theirs.slant - plain.slant, abs=0.1)
+    assert aspect == pytest.approx(plain_aspect * theirs.width / plain.width, rel=0.3)
 
 
 def test_a_corrected_page_gives_mnist_digits_with_their_own_labels(mnist, shipped):
