@@ -217,7 +217,8 @@ class Hand:
 
 @dataclass(frozen=True)
 class Page:
-    """A photo with its written digits erased: the writer's paper, light and pen, to write other digits on."""
+    """A photo with its written digits erased: the writer's paper, light and pen, and their hand, to write
+    other digits on."""
 
     blank: np.ndarray  # gray, the digits erased; paper lines run on through where they were
     paper: np.ndarray  # remove_background's estimate of the paper alone (no lines either)
