@@ -226,7 +226,7 @@ def mnist_glyph(
         )
     )
     # Made narrower or wider, the digit's own slant is too: sheared back to it, and `slant` more.
-    shear = slant + (1 / width - 1) * ink_slant(big > 0.45)
+    shear = slant + ((1 / width - 1) * ink_slant(big > 0.45) if width != 1 else 0.0)
     if shear:
         side = int(np.ceil(abs(shear) * height / 2)) + 1
         big = ndimage.affine_transform(

@@ -239,7 +239,8 @@ def test_mnists_slant_and_width_are_its_medians(mnist):
 
 def slant_and_upright_width(mask: np.ndarray) -> tuple[float, float]:
     ys, xs = np.nonzero(mask)
-    return ink_slant(mask), np.ptp(xs - ink_slant(mask) * ys) + 1
+    slant = ink_slant(mask)
+    return slant, np.ptp(xs - slant * ys) + 1
 
 
 @pytest.mark.parametrize(("width", "slant"), [(0.5, 0.5), (1.5, -0.5), (0.7, 0.0), (0.4, 1.0), (1.6, -1.0)])
