@@ -134,11 +134,9 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     on_rim = _rim(coarse.shape)
     values, used = coarse[on_rim], terms[on_rim]
     desk = np.median(values)
-    residual = even = values - desk
-    for _ in range(3):
-        fitted = np.abs(residual) < max(PAGE_CONTRAST, 3 * 1.4826 * np.median(np.abs(residual)))
-        fit = np.linalg.lstsq(used[fitted], values[fitted], rcond=None)[0]
-        residual = values - used @ fit
+    even = values - desk
+    fit = _smooth_surface(values, used)
+    residual = values - used @ fit
     if np.median(np.abs(residual)) < 0.5 * np.median(np.abs(even)):
         desk = terms @ fit
     else:
@@ -151,7 +149,8 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     if count == 0:
         return gray
     sizes = ndimage.sum_labels(np.ones(labels.shape), labels, np.arange(1, count + 1))
-    page = labels == 1 + int(np.argmax(sizes))
+    # Bits of a lit desk's grain that stand out too and touch the page would stretch it over the desk: gone.
+    page = ndimage.binary_opening(labels == 1 + int(np.argmax(sizes)), _EIGHT_CONNECTED, iterations=3)
     top, bottom, left, right = (bool(side.any()) for side in (page[0], page[-1], page[:, 0], page[:, -1]))
     if (
         sizes.max() < MIN_PAGE * coarse.size  # most photos end here: their largest such region is a digit
@@ -175,14 +174,29 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     rows, cols = (slice(s.start * factor, s.stop * factor) for s in ndimage.find_objects(hull.astype(int))[0])
     # The desk round the page, corners of it inside a turned page's box, and the page's edge and the shadow
     # along it become paper: a margin, so a digit near the edge does not touch the image's edge as a frame.
-    paper = np.float32(np.median(coarse[page & standing_out]))
+    # Paper as the page is lit there: one gray level under a lamp is darker than the page's lit side, and
+    # the step between them was read as a stroke.
+    on_page = page & standing_out
+    paper = terms @ _smooth_surface(coarse[on_page], terms[on_page])
+    paper = _resize(np.clip(paper, *np.percentile(coarse[on_page], [5, 95])), gray.shape)[rows, cols]
     inner = ndimage.binary_erosion(hull, iterations=2)
     inside = _resize(inner.astype(np.float32), gray.shape) > 0.5
-    cut = np.where(inside, gray, paper)[rows, cols]
+    cut = np.where(inside[rows, cols], gray[rows, cols], paper)
     # A page holds ink; a bold stroke taken for one is ink all over (and a blank sheet is read as it was).
     if np.mean(np.abs(cut - paper) > PAGE_CONTRAST / 2) < 0.001:
         return gray
     return cut
+
+
+def _smooth_surface(values: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """The quadratic surface (its coefficients) through `values` at `terms`, fitted again three times
+    without what lies far from it (the page beside the desk, the ink on the page)."""
+    residual = values - np.median(values)
+    for _ in range(3):
+        kept = np.abs(residual) < max(PAGE_CONTRAST, 3 * 1.4826 * np.median(np.abs(residual)))
+        fit = np.linalg.lstsq(terms[kept], values[kept], rcond=None)[0]
+        residual = values - terms @ fit
+    return fit
 
 
 def _rectangle(region: np.ndarray) -> tuple[float, float, float]:
