@@ -128,23 +128,13 @@ def within_page(gray: np.ndarray) -> np.ndarray:
         return gray
     factor = 4  # a page is large and its edges straight: a quarter of the resolution finds it
     coarse = _shrink(gray, factor)
-    # The desk's gray level: the rim's median, or, lit unevenly (a lamp, a flash), a smooth surface fitted to
-    # the rim, the page left out, where it fits the rim far better (under even light its bends are noise).
     terms = _quadratic(*(np.linspace(-1.0, 1.0, n) for n in coarse.shape))
-    on_rim = _rim(coarse.shape)
-    values, used = coarse[on_rim], terms[on_rim]
-    desk = np.median(values)
-    even = values - desk
-    fit = _smooth_surface(values, used)
-    residual = values - used @ fit
-    if np.median(np.abs(residual)) < 0.5 * np.median(np.abs(even)):
-        desk = terms @ fit
-    else:
-        residual = even
-    spread = max(PAGE_CONTRAST, 3 * 1.4826 * float(np.median(np.abs(residual))))
-    if np.mean(np.abs(residual) > spread) > 0.45:  # the rim is mostly not one surface: no desk around
+    # Under uneven light also by log gray levels: a lamp darkens the page and the desk by one factor, and the
+    # page's dim side is as dark as the desk on its lit side.
+    found = [_off_the_desk(coarse, terms), _off_the_desk(np.log(coarse + 0.02), terms, unevenly_lit=True)]
+    if all(mask is None for mask in found):
         return gray
-    standing_out = np.abs(coarse - desk) > spread
+    standing_out = np.logical_or.reduce([mask for mask in found if mask is not None])
     labels, count = ndimage.label(ndimage.binary_fill_holes(standing_out))
     if count == 0:
         return gray
@@ -153,7 +143,7 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     page = ndimage.binary_opening(labels == 1 + int(np.argmax(sizes)), _EIGHT_CONNECTED, iterations=3)
     top, bottom, left, right = (bool(side.any()) for side in (page[0], page[-1], page[:, 0], page[:, -1]))
     if (
-        sizes.max() < MIN_PAGE * coarse.size  # most photos end here: their largest such region is a digit
+        page.sum() < MIN_PAGE * coarse.size  # most photos end here: their largest such region is a digit
         # The desk is a strip along one side (the rest of the pipeline takes it for a shadow), or the "page"
         # is the lit (or shaded) band across the photo by a shadow: a page shows the desk on 2 adjacent sides.
         or top + bottom + left + right > 2
@@ -186,6 +176,29 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     if np.mean(np.abs(cut - paper) > PAGE_CONTRAST / 2) < 0.001:
         return gray
     return cut
+
+
+def _off_the_desk(levels: np.ndarray, terms: np.ndarray, unevenly_lit: bool = False) -> np.ndarray | None:
+    """What stands out from the desk on the photo's rim, or None where the rim is mostly not one surface (or,
+    asked only `unevenly_lit`, is lit evenly)."""
+    # The desk's gray level: the rim's median, or, lit unevenly (a lamp, a flash), a smooth surface fitted to
+    # the rim, the page left out, where it fits the rim far better (under even light its bends are noise).
+    on_rim = _rim(levels.shape)
+    values, used = levels[on_rim], terms[on_rim]
+    desk = np.median(values)
+    even = values - desk
+    fit = _smooth_surface(values, used)
+    residual = values - used @ fit
+    if np.median(np.abs(residual)) < 0.5 * np.median(np.abs(even)):
+        desk = terms @ fit
+    elif unevenly_lit:
+        return None
+    else:
+        residual = even
+    spread = max(PAGE_CONTRAST, 3 * 1.4826 * float(np.median(np.abs(residual))))
+    if np.mean(np.abs(residual) > spread) > 0.45:
+        return None
+    return np.abs(levels - desk) > spread
 
 
 def _smooth_surface(values: np.ndarray, terms: np.ndarray) -> np.ndarray:

@@ -140,19 +140,16 @@ def sheet_on_a_desk(mnist, index: int) -> bytes:
     return encode(photo, "JPEG", quality=85)
 
 
-def sheet_on_a_desk_under_a_flash(mnist, index: int, desk: float, angle: float) -> Image.Image:
-    """A small sheet with a digit, turned by `angle` degrees, on a grainy desk of gray level `desk`, lit by a
-    phone's flash: brightest in the middle, so the desk beside the sheet is lit as brightly as its far side
-    (480x400 gray)."""
-    sheet = digit_on_paper(mnist, index, size=(300, 300), height=120)
-    sheet = sheet.rotate(angle, Image.BILINEAR, expand=True)
+def small_sheet_on_a_desk(mnist, index: int, desk: float, angle: float, paper: float = 1.0) -> np.ndarray:
+    """A 300 px sheet of gray level `paper` with a digit, turned by `angle` degrees, on a grainy desk of gray
+    level `desk` (400x480 floats in [0, 1]), to be lit."""
+    sheet = np.asarray(digit_on_paper(mnist, index, size=(300, 300), height=120), np.float32) * paper
+    turned = Image.fromarray(sheet.astype(np.uint8)).rotate(angle, Image.BILINEAR, expand=True)
     where = Image.new("L", (300, 300), 255).rotate(angle, Image.BILINEAR, expand=True)
     grain = ndimage.zoom(np.random.default_rng(2).normal(0, 0.06, (27, 32)), 16, order=3)[:400, :480]
     photo = Image.fromarray((np.clip(desk + grain, 0, 1) * 255).astype(np.uint8))
-    photo.paste(sheet, ((480 - sheet.width) // 2, (400 - sheet.height) // 2), where)
-    y, x = np.ogrid[:400, :480]
-    light = 1 - 0.6 * np.hypot((y - 200) / 400, (x - 240) / 480)
-    return Image.fromarray((np.asarray(photo) * light).astype(np.uint8))
+    photo.paste(turned, ((480 - turned.width) // 2, (400 - turned.height) // 2), where)
+    return np.asarray(photo, np.float32) / 255
 
 
 def canvas_in_a_screenshot(mnist, index: int) -> bytes:

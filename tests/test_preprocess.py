@@ -25,7 +25,7 @@ from tests.photos import (
     digit_on_paper,
     encode,
     sheet_on_a_desk,
-    sheet_on_a_desk_under_a_flash,
+    small_sheet_on_a_desk,
     synthetic_photo,
     thick_marker_small_crop,
 )
@@ -302,14 +302,37 @@ def test_a_sheet_on_a_desk_under_a_lamp_is_read_on_its_own(mnist, across, shrink
 @pytest.mark.parametrize("desk", [0.15, 0.3, 0.5])
 @pytest.mark.parametrize("angle", [-6, 4])
 def test_a_sheet_on_a_desk_under_a_flash_is_read_on_its_own(mnist, desk, angle):
-    # Lit by the flash, bits of the desk's grain beside the sheet stand out as the sheet does: taken for part
-    # of it, they left a sliver of desk inside the cut-out sheet (read as a 1 beside the digit), or spoilt
-    # its rectangle, and the desk and sheet were read as one huge mark.
-    gray = decode_image(encode(sheet_on_a_desk_under_a_flash(mnist, 0, desk, angle), "PNG"))
-    assert max(gray.shape) < 360  # the sheet (300 px, turned), not the photo (480x400)
+    # The flash is brightest in the middle: bits of the desk's grain beside the sheet stand out as the sheet
+    # does. Taken for part of it, they left a sliver of desk inside the cut-out sheet (read as a 1 beside the
+    # digit), or spoilt its rectangle, and the desk and sheet were read as one huge mark.
+    y, x = np.ogrid[:400, :480]
+    photo = small_sheet_on_a_desk(mnist, 0, desk, angle) * (1 - 0.6 * np.hypot(y / 400 - 0.5, x / 480 - 0.5))
+    _assert_read_on_its_own(decode_image(encode(Image.fromarray((photo * 255).astype(np.uint8)), "PNG")))
+
+
+@pytest.mark.parametrize("paper", [0.6, 0.7])
+@pytest.mark.parametrize("desk", [0.3, 0.4])
+def test_a_grey_sheet_under_a_lamp_is_cut_out_whole(mnist, paper, desk):
+    # The light falls to 30% down the photo: the sheet's dim end is no lighter than the desk at its lit end,
+    # but stands out from the desk beside it by the same factor everywhere (only its lit part was cut out).
+    photo = small_sheet_on_a_desk(mnist, 0, desk, 5, paper) * np.linspace(1.0, 0.3, 400)[:, None]
+    _assert_read_on_its_own(decode_image(encode(Image.fromarray((photo * 255).astype(np.uint8)), "PNG")))
+
+
+def _assert_read_on_its_own(gray: np.ndarray) -> None:
+    """The 300 px sheet (turned) was cut out of the 480x400 photo, and its digit, in the middle, is read."""
+    assert 300 <= min(gray.shape) <= max(gray.shape) < 360
     (digit,) = pipeline(gray).crops
     x0, y0, x1, y1 = digit.box
     assert 0.25 < x0 < x1 < 0.75 and 0.25 < y0 < y1 < 0.75
+
+
+def test_a_comb_of_thin_strokes_is_no_page():
+    # Large, standing out from the rim, one region, but thin everywhere: nothing of it is left to be a page.
+    photo = np.full((400, 400), 0.9, np.float32)
+    photo[60:340, 60:340:8] = 0.2
+    photo[60:66, 60:340] = 0.2
+    assert decode_image(encode(Image.fromarray((photo * 255).astype(np.uint8)), "PNG")).shape == (400, 400)
 
 
 def test_a_desk_along_one_side_stays():
