@@ -118,12 +118,13 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     drawing app's canvas in a screenshot): the rest of the pipeline takes a photo's rim for paper, and there
     it is the desk, so the page passed for one huge stroke. The photo as it is otherwise.
 
-    The page is the largest region that stands out from the rim, its ink filled in: at least a fifth of the
-    photo, reaching at most two adjacent edges of it, nearly a rectangle (turned up to 20 degrees) no more
-    than three times as long as wide, standing out itself nearly everywhere, what is on it like the desk pen
+    The page is the largest region that stands out from the rim (under uneven light also by log gray levels),
+    its ink filled in, bits of desk that stand out as it does opened away: at least a fifth of the photo,
+    reaching at most two adjacent edges of it, nearly a rectangle (turned up to 20 degrees) no more than
+    three times as long as wide, standing out itself nearly everywhere, what is on it like the desk pen
     strokes, thin beside the page, and something written on it. A bold digit filling a close crop also
     stands out from its rim: a 1 is a long bar or has nothing on it, a 0 or an 8 is no rectangle, or its
-    loops are wide."""
+    loops are wide. Round the page, its own light stands in for the desk."""
     if min(gray.shape) < SMALLEST_PAGE_PHOTO:
         return gray
     factor = 4  # a page is large and its edges straight: a quarter of the resolution finds it
@@ -131,16 +132,27 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     terms = _quadratic(*(np.linspace(-1.0, 1.0, n) for n in coarse.shape))
     # Under uneven light also by log gray levels: a lamp darkens the page and the desk by one factor, and the
     # page's dim side is as dark as the desk on its lit side.
-    found = [_off_the_desk(coarse, terms), _off_the_desk(np.log(coarse + 0.02), terms, unevenly_lit=True)]
-    if all(mask is None for mask in found):
+    found = [_off_the_desk(coarse, terms), _off_the_desk(np.log(coarse + 0.02), terms, only_if_uneven=True)]
+    found = [away for away in found if away is not None]
+    if not found:
         return gray
-    standing_out = np.logical_or.reduce([mask for mask in found if mask is not None])
+    lighter, darker = (np.logical_or.reduce([side * away > 1 for away in found]) for side in (1, -1))
+    standing_out = lighter | darker
     labels, count = ndimage.label(ndimage.binary_fill_holes(standing_out))
     if count == 0:
         return gray
     sizes = ndimage.sum_labels(np.ones(labels.shape), labels, np.arange(1, count + 1))
-    # Bits of a lit desk's grain that stand out too and touch the page would stretch it over the desk: gone.
-    page = ndimage.binary_opening(labels == 1 + int(np.argmax(sizes)), _EIGHT_CONNECTED, iterations=3)
+    region = labels == 1 + int(np.argmax(sizes))
+    # Bits of a flash-lit desk's grain, standing out as the page does, touch it and would stretch it over the
+    # desk: opened away (less from a small page, whose turned corners an opening clips). What stands out the
+    # other way (ink) stays, but for specks: a digit's strokes touching a lit spot or a shadow on a sheet with
+    # no desk keep the spot from passing for a page.
+    other = region & (darker if lighter[region].sum() >= darker[region].sum() else lighter)
+    marks, _ = ndimage.label(other, _EIGHT_CONNECTED)
+    kept = ndimage.sum_labels(other, marks, np.arange(1, marks.max() + 1)) >= 0.01 * region.sum()
+    other = np.isin(marks, 1 + np.flatnonzero(kept))
+    size = int(np.clip(np.sqrt(region.sum()) / 20, 1, 3))
+    page = ndimage.binary_opening(region & ~other, _EIGHT_CONNECTED, iterations=size) | other
     top, bottom, left, right = (bool(side.any()) for side in (page[0], page[-1], page[:, 0], page[:, -1]))
     if (
         page.sum() < MIN_PAGE * coarse.size  # most photos end here: their largest such region is a digit
@@ -167,8 +179,9 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     # Paper as the page is lit there: one gray level under a lamp is darker than the page's lit side, and
     # the step between them was read as a stroke.
     on_page = page & standing_out
-    paper = terms @ _smooth_surface(coarse[on_page], terms[on_page])
-    paper = _resize(np.clip(paper, *np.percentile(coarse[on_page], [5, 95])), gray.shape)[rows, cols]
+    lit = terms @ _smooth_surface(coarse[on_page], terms[on_page])
+    lit = np.clip(lit, lit[on_page].min(), lit[on_page].max())  # off the page no lighter or darker than on it
+    paper = _resize(lit, gray.shape)[rows, cols]
     inner = ndimage.binary_erosion(hull, iterations=2)
     inside = _resize(inner.astype(np.float32), gray.shape) > 0.5
     cut = np.where(inside[rows, cols], gray[rows, cols], paper)
@@ -178,9 +191,10 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     return cut
 
 
-def _off_the_desk(levels: np.ndarray, terms: np.ndarray, unevenly_lit: bool = False) -> np.ndarray | None:
-    """What stands out from the desk on the photo's rim, or None where the rim is mostly not one surface (or,
-    asked only `unevenly_lit`, is lit evenly)."""
+def _off_the_desk(levels: np.ndarray, terms: np.ndarray, only_if_uneven: bool = False) -> np.ndarray | None:
+    """How far each pixel is from the desk on the photo's rim, in the desk's spreads (over 1 or under -1:
+    standing out), or None where the rim is mostly not one surface (or, asked `only_if_uneven`, evenly
+    lit)."""
     # The desk's gray level: the rim's median, or, lit unevenly (a lamp, a flash), a smooth surface fitted to
     # the rim, the page left out, where it fits the rim far better (under even light its bends are noise).
     on_rim = _rim(levels.shape)
@@ -191,23 +205,26 @@ def _off_the_desk(levels: np.ndarray, terms: np.ndarray, unevenly_lit: bool = Fa
     residual = values - used @ fit
     if np.median(np.abs(residual)) < 0.5 * np.median(np.abs(even)):
         desk = terms @ fit
-    elif unevenly_lit:
+    elif only_if_uneven:
         return None
     else:
         residual = even
     spread = max(PAGE_CONTRAST, 3 * 1.4826 * float(np.median(np.abs(residual))))
     if np.mean(np.abs(residual) > spread) > 0.45:
         return None
-    return np.abs(levels - desk) > spread
+    return (levels - desk) / spread
 
 
 def _smooth_surface(values: np.ndarray, terms: np.ndarray) -> np.ndarray:
     """The quadratic surface (its coefficients) through `values` at `terms`, fitted again three times
     without what lies far from it (the page beside the desk, the ink on the page)."""
+    step = max(1, len(values) // 4096)  # a smooth surface: 4,096 points describe it (a page has 20,000)
+    values, terms = values[::step], terms[::step]
     residual = values - np.median(values)
     for _ in range(3):
         kept = np.abs(residual) < max(PAGE_CONTRAST, 3 * 1.4826 * np.median(np.abs(residual)))
-        fit = np.linalg.lstsq(terms[kept], values[kept], rcond=None)[0]
+        used = terms[kept]  # least squares by the normal equations (6x6), as _log_light solves them
+        fit = np.linalg.lstsq(used.T @ used, used.T @ values[kept], rcond=None)[0]
         residual = values - terms @ fit
     return fit
 

@@ -327,6 +327,43 @@ def _assert_read_on_its_own(gray: np.ndarray) -> None:
     assert 0.25 < x0 < x1 < 0.75 and 0.25 < y0 < y1 < 0.75
 
 
+def test_a_lamps_bright_spot_on_a_sheet_is_no_page(mnist):
+    # No desk: the sheet fills the photo. The spot and the 7's strokes touching it stand out from the rim as
+    # one region, and with the strokes opened away the spot nearly filled a rectangle (cut to a dash of 7).
+    glyph = mnist_glyph(mnist.x_test[0], 120, stroke=1.3)
+    ink = place(glyph, (240, 320), (240 - glyph.shape[0]) // 2, (320 - glyph.shape[1]) // 2)
+    y, x = np.mgrid[:240, :320]
+    light = 0.35 + 0.8 * np.exp(-((np.hypot(y / 240 - 0.1, x / 320 - 0.1) / 0.35) ** 2))
+    photo = (0.85 * (1 - ink) + 0.1 * ink) * light + np.random.default_rng(3).normal(0, 0.015, (240, 320))
+    gray = decode_image(encode(Image.fromarray((np.clip(photo, 0, 1) * 255).astype(np.uint8)), "PNG"))
+    assert gray.shape == (240, 320)
+
+
+@pytest.mark.parametrize(("index", "corner", "radius"), [(0, (0, 0.3), 0.45), (1, (0, 0), 0.7)])
+def test_a_shadow_on_a_sheet_is_no_page(mnist, index, corner, radius):
+    # No desk: a soft-edged shadow over a corner of the sheet, the digit's strokes (as dark) touching it.
+    glyph = mnist_glyph(mnist.x_test[index], 120, stroke=1.3)
+    ink = place(glyph, (240, 320), (240 - glyph.shape[0]) // 2, (320 - glyph.shape[1]) // 2)
+    y, x = np.mgrid[:240, :320] / 240
+    shade = 1 - 0.65 / (1 + np.exp((np.hypot(y - corner[0], x - corner[1] * 4 / 3) - radius) / 0.02))
+    photo = (0.85 * (1 - ink) + 0.1 * ink) * shade + np.random.default_rng(3).normal(0, 0.015, (240, 320))
+    jpeg = encode(Image.fromarray((np.clip(photo, 0, 1) * 255).astype(np.uint8)), "JPEG", quality=80)
+    assert decode_image(jpeg).shape == (240, 320)
+
+
+def test_a_small_turned_sheet_is_cut_out():
+    # A fifth of a 130 px photo, turned 20 degrees: opened as a large page is, it lost its corners and no
+    # longer filled a rectangle.
+    sheet = np.full((78, 62), 0.9, np.float32)
+    sheet[19:58, 29:33] = 0.1
+    turned = Image.fromarray((sheet * 255).astype(np.uint8)).rotate(20, Image.BILINEAR, expand=True)
+    where = Image.new("L", (62, 78), 255).rotate(20, Image.BILINEAR, expand=True)
+    desk = np.clip(0.3 + np.random.default_rng(0).normal(0, 0.02, (130, 130)), 0, 1)
+    photo = Image.fromarray((desk * 255).astype(np.uint8))
+    photo.paste(turned, ((130 - turned.width) // 2, (130 - turned.height) // 2), where)
+    assert max(decode_image(encode(photo, "PNG")).shape) < 110
+
+
 def test_a_comb_of_thin_strokes_is_no_page():
     # Large, standing out from the rim, one region, but thin everywhere: nothing of it is left to be a page.
     photo = np.full((400, 400), 0.9, np.float32)
