@@ -31,13 +31,10 @@ def _affine(images: tf.Tensor, strength: float) -> tf.Tensor:
     shear = uniform(0.25 * strength)
     scale = 1.0 + uniform(0.15 * strength)
     aspect = 1.0 + uniform(0.1 * strength)
-    # A quarter written as narrow writers do, 45-90% as wide: MNIST's writers seldom did, and the model read
-    # a narrow 4, 7 or 9 as a 1, surely.
-    narrow = 1.0 - _chance(n, 0.25)[:, 0, 0, 0] * tf.random.uniform([n], 0.1, 0.55) * strength
     dx, dy = uniform(2.5 * strength), uniform(2.5 * strength)
     # Inverse map (output pixel -> input pixel) about the image centre, as ImageProjectiveTransform expects.
     cos, sin = tf.cos(angle), tf.sin(angle)
-    sx, sy = 1.0 / (scale * aspect * narrow), aspect / scale
+    sx, sy = 1.0 / (scale * aspect), aspect / scale
     a0, a1 = cos * sx, (sin + shear * cos) * sx
     b0, b1 = -sin * sy, (cos - shear * sin) * sy
     c = 13.5

@@ -144,9 +144,9 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     sizes = ndimage.sum_labels(np.ones(labels.shape), labels, np.arange(1, count + 1))
     region = labels == 1 + int(np.argmax(sizes))
     # Bits of a flash-lit desk's grain, standing out as the page does, touch it and would stretch it over the
-    # desk: opened away (less from a small page, whose turned corners an opening clips). What stands out the
-    # other way (ink) stays, but for specks: a digit's strokes touching a lit spot or a shadow on a sheet with
-    # no desk keep the spot from passing for a page.
+    # desk: opened away. Less from a small region: an opening clips a small page's turned corners, and takes
+    # from a shadow on a sheet with no desk the strokes (as dark) that keep it from filling a rectangle. What
+    # stands out the other way (ink) stays, but for specks: strokes touching a lamp's bright spot on a sheet.
     other = region & (darker if lighter[region].sum() >= darker[region].sum() else lighter)
     marks, _ = ndimage.label(other, _EIGHT_CONNECTED)
     kept = ndimage.sum_labels(other, marks, np.arange(1, marks.max() + 1)) >= 0.01 * region.sum()
@@ -218,7 +218,7 @@ def _off_the_desk(levels: np.ndarray, terms: np.ndarray, only_if_uneven: bool = 
 def _smooth_surface(values: np.ndarray, terms: np.ndarray) -> np.ndarray:
     """The quadratic surface (its coefficients) through `values` at `terms`, fitted again three times
     without what lies far from it (the page beside the desk, the ink on the page)."""
-    step = max(1, len(values) // 4096)  # a smooth surface: 4,096 points describe it (a page has 20,000)
+    step = max(1, len(values) // 4096)  # a smooth surface: 4,096-8,191 points describe it (of up to 19,200)
     values, terms = values[::step], terms[::step]
     residual = values - np.median(values)
     for _ in range(3):
