@@ -40,6 +40,11 @@ def gray(image: Image.Image) -> np.ndarray:
     return np.asarray(image, np.float32) / 255
 
 
+def decoded(photo: np.ndarray, fmt: str = "PNG", **params) -> np.ndarray:
+    """A gray photo (floats in [0, 1]) saved as an image file and decoded as the bot decodes one."""
+    return decode_image(encode(Image.fromarray((np.clip(photo, 0, 1) * 255).astype(np.uint8)), fmt, **params))
+
+
 def test_crop_is_mnist_like(mnist):
     crops = pipeline(gray(digit_on_paper(mnist, index=0))).crops
     assert len(crops) == 1
@@ -270,8 +275,7 @@ def test_blank_pages_have_no_digit(kind):
         "lined": np.where((np.arange(480) % 40 < 2)[:, None], 0.6, 0.93) * np.ones((1, 640)),
         "dark_board": 0.2 + 0.05 * yy + rng.normal(0, 0.01, (480, 640)),
     }[kind]
-    jpeg = encode(Image.fromarray((np.clip(page, 0, 1) * 255).astype(np.uint8)), "JPEG", quality=80)
-    assert pipeline(decode_image(jpeg)).crops == []
+    assert pipeline(decoded(page, "JPEG", quality=80)).crops == []
 
 
 def test_a_sheet_with_the_desk_all_round_is_read_on_its_own(mnist):
@@ -307,7 +311,7 @@ def test_a_sheet_on_a_desk_under_a_flash_is_read_on_its_own(mnist, desk, angle):
     # digit), or spoilt its rectangle, and the desk and sheet were read as one huge mark.
     y, x = np.ogrid[:400, :480]
     photo = small_sheet_on_a_desk(mnist, 0, desk, angle) * (1 - 0.6 * np.hypot(y / 400 - 0.5, x / 480 - 0.5))
-    _assert_read_on_its_own(decode_image(encode(Image.fromarray((photo * 255).astype(np.uint8)), "PNG")))
+    _assert_read_on_its_own(decoded(photo))
 
 
 @pytest.mark.parametrize("paper", [0.6, 0.7])
@@ -316,7 +320,7 @@ def test_a_grey_sheet_under_a_lamp_is_cut_out_whole(mnist, paper, desk):
     # The light falls to 30% down the photo: the sheet's dim end is no lighter than the desk at its lit end,
     # but stands out from the desk beside it by the same factor everywhere (only its lit part was cut out).
     photo = small_sheet_on_a_desk(mnist, 0, desk, 5, paper) * np.linspace(1.0, 0.3, 400)[:, None]
-    _assert_read_on_its_own(decode_image(encode(Image.fromarray((photo * 255).astype(np.uint8)), "PNG")))
+    _assert_read_on_its_own(decoded(photo))
 
 
 def _assert_read_on_its_own(gray: np.ndarray) -> None:
@@ -333,25 +337,24 @@ def test_a_lamps_bright_spot_on_a_sheet_is_no_page(mnist, index, spot):
     # as one region; with the strokes opened away the spot nearly filled a rectangle. The second is cut
     # unless the strokes (darker than the sheet, where the spot is lighter) are kept; the first, cut to a
     # dash of its 7, unless they are kept or a small region is opened less.
-    glyph = mnist_glyph(mnist.x_test[index], 120, stroke=1.3)
-    ink = place(glyph, (240, 320), (240 - glyph.shape[0]) // 2, (320 - glyph.shape[1]) // 2)
     y, x = np.mgrid[:240, :320]
     light = 0.35 + 0.8 * np.exp(-((np.hypot(y / 240 - spot[0], x / 320 - spot[1]) / 0.35) ** 2))
-    photo = (0.85 * (1 - ink) + 0.1 * ink) * light + np.random.default_rng(3).normal(0, 0.015, (240, 320))
-    gray = decode_image(encode(Image.fromarray((np.clip(photo, 0, 1) * 255).astype(np.uint8)), "PNG"))
-    assert gray.shape == (240, 320)
+    assert decoded(_lit_sheet(mnist, index, light)).shape == (240, 320)
 
 
 @pytest.mark.parametrize(("index", "corner", "radius"), [(0, (0, 0.3), 0.45), (1, (0, 0), 0.7)])
 def test_a_shadow_on_a_sheet_is_no_page(mnist, index, corner, radius):
     # No desk: a soft-edged shadow over a corner of the sheet, the digit's strokes (as dark) touching it.
-    glyph = mnist_glyph(mnist.x_test[index], 120, stroke=1.3)
-    ink = place(glyph, (240, 320), (240 - glyph.shape[0]) // 2, (320 - glyph.shape[1]) // 2)
     y, x = np.mgrid[:240, :320] / 240
     shade = 1 - 0.65 / (1 + np.exp((np.hypot(y - corner[0], x - corner[1] * 4 / 3) - radius) / 0.02))
-    photo = (0.85 * (1 - ink) + 0.1 * ink) * shade + np.random.default_rng(3).normal(0, 0.015, (240, 320))
-    jpeg = encode(Image.fromarray((np.clip(photo, 0, 1) * 255).astype(np.uint8)), "JPEG", quality=80)
-    assert decode_image(jpeg).shape == (240, 320)
+    assert decoded(_lit_sheet(mnist, index, shade), "JPEG", quality=80).shape == (240, 320)
+
+
+def _lit_sheet(mnist, index: int, light: np.ndarray) -> np.ndarray:
+    """A 240x320 photo of a sheet filling it, a digit in the middle, lit by `light`, with sensor noise."""
+    glyph = mnist_glyph(mnist.x_test[index], 120, stroke=1.3)
+    ink = place(glyph, (240, 320), (240 - glyph.shape[0]) // 2, (320 - glyph.shape[1]) // 2)
+    return (0.85 * (1 - ink) + 0.1 * ink) * light + np.random.default_rng(3).normal(0, 0.015, (240, 320))
 
 
 def test_a_small_turned_sheet_is_cut_out():
@@ -372,7 +375,7 @@ def test_a_comb_of_thin_strokes_is_no_page():
     photo = np.full((400, 400), 0.9, np.float32)
     photo[60:340, 60:340:8] = 0.2
     photo[60:66, 60:340] = 0.2
-    assert decode_image(encode(Image.fromarray((photo * 255).astype(np.uint8)), "PNG")).shape == (400, 400)
+    assert decoded(photo).shape == (400, 400)
 
 
 def test_a_desk_along_one_side_stays():
@@ -380,7 +383,7 @@ def test_a_desk_along_one_side_stays():
     photo = np.full((300, 520), 0.3, np.float32)
     photo[:, :400] = 0.95
     photo[100:200, 180:200] = 0.1
-    assert decode_image(encode(Image.fromarray((photo * 255).astype(np.uint8)), "PNG")).shape == (300, 520)
+    assert decoded(photo).shape == (300, 520)
 
 
 @pytest.mark.parametrize("index", range(10))
@@ -395,7 +398,7 @@ def test_a_bold_bar_is_no_page(paper):
     for box in [(slice(30, 370), slice(55, 105)), (slice(60, 340), slice(40, 120))]:
         crop = np.full((400, 160), paper, np.float32)
         crop[box] = 0.92 - paper + 0.1
-        assert decode_image(encode(Image.fromarray((crop * 255).astype(np.uint8)), "PNG")).shape == (400, 160)
+        assert decoded(crop).shape == (400, 160)
 
 
 def test_a_stroke_running_off_the_page_stays():
@@ -403,7 +406,7 @@ def test_a_stroke_running_off_the_page_stays():
     photo = np.full((480, 640), 0.2, np.float32)
     photo[100:400, 150:450] = 0.95
     photo[140:400, 290:305] = 0.1
-    gray = decode_image(encode(Image.fromarray((photo * 255).astype(np.uint8)), "PNG"))
+    gray = decoded(photo)
     assert gray.shape[0] < 480 and gray.shape[1] < 640  # the page, cut out
     assert (gray < 0.3).sum() > 0.8 * 260 * 15  # and the stroke on it
 
