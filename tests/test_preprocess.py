@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from recognizer.augment import mnist_glyph, place
-from recognizer.images import decode_image
+from recognizer.images import WORK_SIZE, decode_image
 from recognizer.preprocess import (
     MNIST_STROKE,
     TOUCHING_DIGITS,
@@ -295,8 +295,12 @@ def test_a_sheet_on_a_desk_under_a_lamp_is_read_on_its_own(mnist, across, shrink
     light = np.linspace(1.0, 0.35, photo.shape[1] if across else photo.shape[0])
     photo *= light[None, :] if across else light[:, None]
     image = Image.fromarray((photo * 255).astype(np.uint8))
-    gray = decode_image(encode(image.reduce(shrink), "PNG"))  # also as small as a photo sent as a thumbnail
-    assert gray.shape[0] / gray.shape[1] == pytest.approx(370 / 460, abs=0.03)  # the sheet's shape, not 3:4
+    small = image.reduce(shrink)  # also as small as a photo sent as a thumbnail
+    gray = decode_image(encode(small, "PNG"))
+    sheet = np.array([500, 640]) / shrink * min(1.0, WORK_SIZE / max(small.size))  # in the decoded photo
+    # The sheet, found at a quarter of the resolution (a coarse pixel of rim each side): not the photo, nor
+    # its turned box (+37 and +33 px).
+    assert gray.shape == pytest.approx(sheet, abs=16)
     # Where the desk was, the page's own light, not one gray level: the lit side's edge read as a stroke.
     (digit,) = pipeline(gray).crops
     x0, y0, x1, y1 = digit.box
@@ -321,6 +325,18 @@ def test_a_grey_sheet_under_a_lamp_is_cut_out_whole(mnist, paper, desk):
     # but stands out from the desk beside it by the same factor everywhere (only its lit part was cut out).
     photo = small_sheet_on_a_desk(mnist, 0, desk, 5, paper) * np.linspace(1.0, 0.3, 400)[:, None]
     _assert_read_on_its_own(decoded(photo))
+
+
+@pytest.mark.parametrize("angle", [-12, -7, 8])
+def test_a_turned_sheet_is_cut_out_upright(mnist, angle):
+    # Line removal looks for lines up to 4.5 degrees off level: on a ruled sheet turned further they stayed,
+    # and were read as strokes. Turned upright, the sheet's lines are level and its digit as written; and
+    # cut to the sheet, not its turned box (328-344 px), so that its lines run across the image.
+    upright = pipeline(decoded(small_sheet_on_a_desk(mnist, 0, 0.3, 0, ruled=True))).crops[0].image
+    gray = decoded(small_sheet_on_a_desk(mnist, 0, 0.3, angle, ruled=True))
+    _assert_read_on_its_own(gray)
+    assert max(gray.shape) < 315
+    assert np.abs(pipeline(gray).crops[0].image - upright).mean() < 0.02  # turned as the sheet was: 0.06-0.08
 
 
 def _assert_read_on_its_own(gray: np.ndarray) -> None:
