@@ -188,11 +188,12 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     # A page holds ink; a bold stroke taken for one is ink all over (and a blank sheet is read as it was).
     if np.mean(np.abs(cut - paper) > PAGE_CONTRAST / 2) < 0.001:
         return gray
-    if not tilt:
-        return cut
     # Turned upright, what is written on it is as written and its lines level (line removal looks for lines
     # up to 4.5 degrees off level), and cut to the page, or its lines would not run across the image. The
     # page fits in its box turned so; the box's rim is the page's light, and carries on into its corners.
+    tilt = _rectangle(page, np.linspace(tilt - 2.0, tilt + 2.0, 9))[3]  # to half a degree
+    if not tilt:
+        return cut
     turned = ndimage.rotate(cut.astype(np.float32), tilt, reshape=False, order=1, mode="nearest")
     in_box = Image.fromarray(hull[ndimage.find_objects(hull.astype(np.int8))[0]])
     upright = ndimage.find_objects(np.asarray(in_box.rotate(tilt), np.int8))[0]  # at a quarter of the size
@@ -237,12 +238,12 @@ def _smooth_surface(values: np.ndarray, terms: np.ndarray) -> np.ndarray:
     return fit
 
 
-def _rectangle(region: np.ndarray) -> tuple[float, float, float, float]:
-    """The tightest rectangle around `region`, turned by any of PAGE_TILTS: how much of it the region fills,
-    its length, its width and its tilt (degrees)."""
+def _rectangle(region: np.ndarray, tilts: np.ndarray = PAGE_TILTS) -> tuple[float, float, float, float]:
+    """The tightest rectangle around `region`, turned by any of `tilts` (degrees): how much of it the region
+    fills, its length, its width and its tilt."""
     ys, xs = np.nonzero(region)
     best = (0.0, 0.0, 0.0, 0.0)
-    for tilt in PAGE_TILTS:
+    for tilt in tilts:
         cos, sin = np.cos(np.radians(tilt)), np.sin(np.radians(tilt))
         u = np.ptp(xs * cos + ys * sin) + 1
         v = np.ptp(ys * cos - xs * sin) + 1
@@ -320,6 +321,7 @@ class InkMap:
     contrast: np.ndarray  # float (H, W), >= 0
     solid: float  # the contrast of a solid stroke (of the brightest ink where the mask is empty)
     dark_ink: bool
+    lines: np.ndarray  # bool (H, W): the paper lines line removal took away
 
 
 def ink_map(gray: np.ndarray) -> InkMap:
@@ -333,12 +335,13 @@ def ink_map(gray: np.ndarray) -> InkMap:
     # A blurred digit filling a small crop is no longer "most pixels": the noise estimate then measures the
     # ink itself, so it may not rise above half the contrast of the darkest strokes.
     floor = max(min(noise, 0.5 * np.percentile(sample, 99.95)), MIN_INK_CONTRAST / 2)
-    candidates = remove_lines(ink > floor)
+    lines = find_lines(ink > floor)[0]
+    candidates = remove_lines(ink > floor, lines)
     strong = ink[candidates]
     solid = float(np.percentile(strong, 90) if strong.size else np.percentile(ink, 99.9))
     if solid < MIN_INK_CONTRAST:
-        return InkMap(np.zeros(ink.shape, bool), ink, solid, dark_ink)
-    return InkMap(candidates & (ink > 0.4 * solid), ink, solid, dark_ink)
+        return InkMap(np.zeros(ink.shape, bool), ink, solid, dark_ink, lines)
+    return InkMap(candidates & (ink > 0.4 * solid), ink, solid, dark_ink, lines)
 
 
 def ink_masks(ink: InkMap) -> Iterator[np.ndarray]:
@@ -361,18 +364,22 @@ def _puts_back_lines(mask: np.ndarray, ink: InkMap) -> bool:
     more are ruled paper: no digit has three level strokes. Two or more each way, on all four sides of the
     pipeline's ink, are a box around the digit. Other lines are paper lines if they are fainter than the
     strokes away from them, as a printed line is lighter than a pen's: a thin 7's bar across a close crop,
-    taken for a line by line removal, is as dark as its stem."""
+    taken for a line by line removal, is as dark as its stem. So are the lines line removal took, put back
+    away from the digit: a faint mask may hold only the darker part of each (lit by a flash), too short to
+    be found as a line again."""
     (in_added, added_counts), (in_mask, mask_counts) = (
         find_lines(ink_in, widest=0.03) for ink_in in (mask & ~ink.mask, mask)
     )
     counts = np.maximum(added_counts, mask_counts)  # upright, level
     lines = (in_added | in_mask) & ~ndimage.binary_dilation(ink.mask, iterations=3)
-    if not lines.any():
+    # Beyond what _more_ink's closing of the pipeline's mask may add to bridge line removal's cuts.
+    taken = mask & ink.lines & ~ndimage.binary_dilation(ink.mask, iterations=5)
+    if not (lines | taken).any():
         return False
     return (
         counts.max() >= 3
         or (counts.min() >= 2 and _around_all_sides(lines, ink.mask))
-        or float(np.median(ink.contrast[lines])) < 0.75 * ink.solid
+        or float(np.median(ink.contrast[lines | taken])) < 0.75 * ink.solid
     )
 
 
@@ -443,9 +450,10 @@ def _level_runs(mask: np.ndarray, run: int) -> np.ndarray:
     return ndimage.uniform_filter1d(inside.astype(np.float32), run, axis=1, origin=run % 2 - 1) > 0.01
 
 
-def remove_lines(mask: np.ndarray) -> np.ndarray:
-    """Drop ruled or squared paper lines (see find_lines), re-joining the strokes they crossed."""
-    cleaned = mask & ~find_lines(mask)[0]
+def remove_lines(mask: np.ndarray, lines: np.ndarray | None = None) -> np.ndarray:
+    """Drop ruled or squared paper lines (see find_lines; or `lines`, found so), re-joining the strokes they
+    crossed."""
+    cleaned = mask & ~(find_lines(mask)[0] if lines is None else lines)
     if cleaned.sum() < mask.sum():
         cleaned |= ndimage.binary_closing(cleaned, iterations=2) & mask
     return cleaned
