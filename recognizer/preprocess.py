@@ -335,8 +335,9 @@ def ink_map(gray: np.ndarray) -> InkMap:
     # A blurred digit filling a small crop is no longer "most pixels": the noise estimate then measures the
     # ink itself, so it may not rise above half the contrast of the darkest strokes.
     floor = max(min(noise, 0.5 * np.percentile(sample, 99.95)), MIN_INK_CONTRAST / 2)
-    lines = find_lines(ink > floor)[0]
-    candidates = remove_lines(ink > floor, lines)
+    above = ink > floor
+    lines = find_lines(above)[0]
+    candidates = remove_lines(above, lines)
     strong = ink[candidates]
     solid = float(np.percentile(strong, 90) if strong.size else np.percentile(ink, 99.9))
     if solid < MIN_INK_CONTRAST:
