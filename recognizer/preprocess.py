@@ -173,7 +173,8 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     outline = Image.new("1", page.shape[::-1])
     ImageDraw.Draw(outline).polygon(points[spatial.ConvexHull(points).vertices].ravel().tolist(), fill=1)
     hull = np.asarray(outline, bool)
-    rows, cols = (slice(s.start * factor, s.stop * factor) for s in ndimage.find_objects(hull.astype(int))[0])
+    box = ndimage.find_objects(hull.astype(np.int8))[0]
+    rows, cols = _full_size(box, factor)
     # The desk round the page, corners of it inside a turned page's box, and the page's edge and the shadow
     # along it become paper: a margin, so a digit near the edge does not touch the image's edge as a frame.
     # Paper as the page is lit there: one gray level under a lamp is darker than the page's lit side, and
@@ -195,9 +196,13 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     if not tilt:
         return cut
     turned = ndimage.rotate(cut.astype(np.float32), tilt, reshape=False, order=1, mode="nearest")
-    in_box = Image.fromarray(hull[ndimage.find_objects(hull.astype(np.int8))[0]])
-    upright = ndimage.find_objects(np.asarray(in_box.rotate(tilt), np.int8))[0]  # at a quarter of the size
-    return turned[tuple(slice(side.start * factor, side.stop * factor) for side in upright)]
+    upright = ndimage.find_objects(np.asarray(Image.fromarray(hull[box]).rotate(tilt), np.int8))[0]
+    return turned[_full_size(upright, factor)]
+
+
+def _full_size(box: tuple[slice, ...], factor: int) -> tuple[slice, ...]:
+    """A box found at 1/factor of the size (as within_page finds the page), at full size."""
+    return tuple(slice(side.start * factor, side.stop * factor) for side in box)
 
 
 def _off_the_desk(levels: np.ndarray, terms: np.ndarray, only_if_uneven: bool = False) -> np.ndarray | None:
@@ -372,9 +377,10 @@ def _puts_back_lines(mask: np.ndarray, ink: InkMap) -> bool:
         find_lines(ink_in, widest=0.03) for ink_in in (mask & ~ink.mask, mask)
     )
     counts = np.maximum(added_counts, mask_counts)  # upright, level
-    lines = (in_added | in_mask) & ~ndimage.binary_dilation(ink.mask, iterations=3)
+    near = ndimage.binary_dilation(ink.mask, iterations=3)
+    lines = (in_added | in_mask) & ~near
     # Beyond what _more_ink's closing of the pipeline's mask may add to bridge line removal's cuts.
-    taken = mask & ink.lines & ~ndimage.binary_dilation(ink.mask, iterations=5)
+    taken = mask & ink.lines & ~ndimage.binary_dilation(near, iterations=2)
     if not (lines | taken).any():
         return False
     return (

@@ -349,8 +349,8 @@ def test_a_turned_sheet_is_cut_out_upright(mnist, angle):
     # Line removal looks for lines up to 4.5 degrees off level: on a ruled sheet turned further they stayed,
     # and were read as strokes. Turned upright, the sheet's lines are level and its digit as written; and
     # cut to the sheet, not its turned box, so that its lines run across the image.
-    upright = pipeline(decoded(small_sheet_on_a_desk(mnist, 0, 0.3, 0, ruled=True))).crops[0].image
-    gray = decoded(small_sheet_on_a_desk(mnist, 0, 0.3, angle, ruled=True)[:399, :477])  # no multiple of 4
+    upright = pipeline(decoded(_ruled_sheet(mnist, 0))).crops[0].image
+    gray = decoded(_ruled_sheet(mnist, angle)[:399, :477])  # no multiple of 4
     _assert_read_on_its_own(gray)
     assert max(gray.shape) < 322  # the turned box: 328-384 px
     assert np.abs(pipeline(gray).crops[0].image - upright).mean() < 0.02  # turned as the sheet was: 0.06-0.08
@@ -360,12 +360,17 @@ def test_a_turned_sheet_is_cut_out_upright(mnist, angle):
 def test_a_turned_sheets_lines_come_out_level(mnist, angle):
     # The tilt is found among turns 2.5 degrees apart, then to half a degree: a line left 1 degree off drops
     # 2 px between the second and fourth fifths of the 300 px sheet.
-    gray = decoded(small_sheet_on_a_desk(mnist, 0, 0.3, angle, ruled=True))
+    gray = decoded(_ruled_sheet(mnist, angle))
     fifth = gray.shape[1] // 5
     left, right = (gray[:, k * fifth : (k + 1) * fifth].mean(axis=1) for k in (1, 3))
     shifts = np.arange(-15, 16)
     match = [np.dot(left[20:-20] - left.mean(), np.roll(right - right.mean(), -s)[20:-20]) for s in shifts]
     assert abs(shifts[np.argmax(match)]) <= 1  # how far the lines on the right are below those on the left
+
+
+def _ruled_sheet(mnist, angle: float) -> np.ndarray:
+    """A ruled sheet with a digit, turned by `angle` degrees on a dark desk, under even light."""
+    return small_sheet_on_a_desk(mnist, 0, 0.3, angle, ruled=True)
 
 
 def _assert_read_on_its_own(gray: np.ndarray) -> None:
