@@ -46,7 +46,7 @@ from bench.variants import source
 from bot.learning import retrain
 from bot.model_store import install_shipped_model, load_active, load_version
 from bot.settings import load_settings
-from recognizer import Recognizer
+from recognizer import ImageError, Recognizer
 from recognizer.augment import add_writing_styles
 from recognizer.data import load_mnist, to_model_input
 from recognizer.labelled import read_and_keep
@@ -78,6 +78,15 @@ def give_feedback(
     if confirm:
         store.record_feedback(pid, user, None)
     return False
+
+
+def digits_read(rec: Recognizer, photo: Path) -> str:
+    """What `rec` reads in the photo; "" (wrong) for a photo it cannot decode, which the bot answers with
+    the reason, as it does a 25 MP PNG."""
+    try:
+        return rec.read(photo).digits
+    except ImageError:
+        return ""
 
 
 def one_run(data_dir: Path, mnist_dir: str | None) -> tuple[dict, float]:
@@ -114,17 +123,22 @@ def real_split(folder: Path, seed: int, mnist_dir: str | None, shipped: Recogniz
         held += [(user, *images[i]) for i in order[half:]]
     data_dir = tmp / f"split{seed}"
     store = fresh_store(data_dir)
-    corrected, right_answers = [], 0
+    corrected, unreadable, right_answers = [], [], 0
     for user, path, label in sent:
-        was_wrong = give_feedback(store, shipped, path, label, user, confirm=right_answers % 2 == 0)
+        try:
+            was_wrong = give_feedback(store, shipped, path, label, user, confirm=right_answers % 2 == 0)
+        except ImageError:  # answered with the reason: nothing to correct
+            unreadable.append(path.name)
+            continue
         if was_wrong:
             corrected.append((path, label))
         else:
             right_answers += 1
     result, seconds = one_run(data_dir, mnist_dir)
     after = load_active(store, data_dir, shipped.min_confidence).current()[0]
-    before_read = [shipped.read(p).digits for _, p, _ in held]
-    after_read = [after.read(p).digits for _, p, _ in held]
+    before_read = [digits_read(shipped, p) for _, p, _ in held]
+    after_read = [digits_read(after, p) for _, p, _ in held]
+    corrected_read = [digits_read(after, p) for p, _ in corrected]
     before_right = [digits == label for digits, (_, _, label) in zip(before_read, held, strict=True)]
     after_right = [digits == label for digits, (_, _, label) in zip(after_read, held, strict=True)]
     metrics = result["metrics"]
@@ -135,12 +149,15 @@ def real_split(folder: Path, seed: int, mnist_dir: str | None, shipped: Recogniz
         "reason": result["reason"],
         "report": result["report"],
         "corrected": len(corrected),
-        "corrected_right_after": sum(after.read(p).digits == label for p, label in corrected),
+        "corrected_right_after": sum(
+            now == label for now, (_, label) in zip(corrected_read, corrected, strict=True)
+        ),
         "corrected_still_wrong": [
             f"{p.name}: {label}, read {now or 'no digit'}"
-            for p, label in corrected
-            if (now := after.read(p).digits) != label
+            for now, (p, label) in zip(corrected_read, corrected, strict=True)
+            if now != label
         ],
+        "sent_unreadable": unreadable,
         "held_out": len(held),
         "held_out_right_before": sum(before_right),
         "held_out_right_after": sum(after_right),

@@ -22,10 +22,14 @@ FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF")
 # Decoded at 1/2, 1/4 or 1/8 scale in the DCT domain; many phones' JPEGs open as MPO.
 REDUCED_WHILE_DECODING = ("JPEG", "MPO")
 MAX_BYTES = 20 * 1024 * 1024  # Telegram's download limit for bots
-MAX_PIXELS = 50_000_000  # JPEG: beyond this a "photo" is a decompression bomb, not a digit
+MAX_PIXELS = 50_000_000  # JPEG, HEIF: beyond this a "photo" is a decompression bomb, not a digit
 # Other formats are decoded whole (4 bytes a pixel for colour): 24 MP is at most 96 MB, and the steps below
 # add at most one 8-bit plane to it, so any accepted file costs < 150 MB more than a normal photo.
 MAX_DECODED_PIXELS = 24_000_000
+# HEIF is decoded whole too, and costs more (libheif's planes beside Pillow's copy: up to 350 MB at 50 MP),
+# but phones save it at 24 MP (5712x4284: iPhones since the 15, by default) and 48 MP, and send it so as a
+# file: at 24 MP, a photo straight from the camera was refused as "too large".
+PHONE_FORMATS = (*REDUCED_WHILE_DECODING, "HEIF")
 WORK_SIZE = 640  # longest side the pipeline works at; enough for digits, fast on 2 cores
 # An image drawn near MNIST's own size (its shortest side under SMALL_IMAGE px: a digit, or a number's row of
 # them) is enlarged by a whole factor towards MIN_WORK_SIZE: binarised at 28-40 px, a pixel or two of
@@ -67,7 +71,7 @@ def _open(source: bytes | str | Path) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
-            limit = MAX_PIXELS if image.format in REDUCED_WHILE_DECODING else MAX_DECODED_PIXELS
+            limit = MAX_PIXELS if image.format in PHONE_FORMATS else MAX_DECODED_PIXELS
             if width * height > limit:
                 raise ImageError(f"image is too large ({width}x{height} pixels)")
             return image

@@ -138,7 +138,7 @@ def peak_rss_mb(path) -> float:
     return float(done.stdout)
 
 
-def test_any_accepted_file_costs_less_than_150_mb_more_than_a_normal_photo(tmp_path):
+def test_any_accepted_png_costs_less_than_150_mb_more_than_a_normal_photo(tmp_path):
     normal = tmp_path / "normal.jpg"
     normal.write_bytes(encode(Image.new("RGB", (1280, 960), (236, 233, 225)), "JPEG"))
     width = 6000
@@ -153,6 +153,35 @@ def test_any_accepted_file_costs_less_than_150_mb_more_than_a_normal_photo(tmp_p
     baseline = peak_rss_mb(normal)
     assert peak_rss_mb(canvas) - baseline < 150
     assert peak_rss_mb(bomb) - baseline < 150
+
+
+@pytest.fixture(scope="module")
+def heic_photos(seven, tmp_path_factory):
+    """The seven as a phone saves a photo as HEIF: at 24 MP (an iPhone's default since the 15), 48 MP, and
+    just over MAX_PIXELS."""
+    folder = tmp_path_factory.mktemp("heic")
+    photos = {}
+    for name, size in [("24mp", (5712, 4284)), ("48mp", (8064, 6048)), ("over", (7200, 7000))]:
+        photos[name] = folder / f"{name}.heic"
+        seven.resize(size, Image.Resampling.BILINEAR).convert("RGB").save(photos[name], quality=50)
+    return photos
+
+
+@pytest.mark.parametrize("name", ["24mp", "48mp"])
+def test_a_phones_full_size_heic_photo_is_read(seven, heic_photos, name):
+    gray = decode_image(heic_photos[name])
+    assert gray.shape == (480, 640)
+    reference = np.asarray(seven.resize((640, 480), Image.Resampling.BILINEAR), np.float32) / 255
+    assert np.abs(gray - reference).mean() < 0.03
+
+
+def test_heic_costs_less_than_400_mb_more_than_a_normal_photo_and_larger_is_refused(heic_photos, tmp_path):
+    assert MAX_PIXELS < 7200 * 7000
+    with pytest.raises(ImageError, match="too large"):
+        decode_image(heic_photos["over"])
+    normal = tmp_path / "normal.jpg"
+    normal.write_bytes(encode(Image.new("RGB", (1280, 960), (236, 233, 225)), "JPEG"))
+    assert peak_rss_mb(heic_photos["48mp"]) - peak_rss_mb(normal) < 400
 
 
 @pytest.mark.parametrize(
