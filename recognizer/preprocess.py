@@ -22,7 +22,9 @@ MNIST_STROKE = 2.85  # median stroke width of MNIST digits in 28x28 pixels, meas
 MAX_DIGITS = 8  # more separate marks than this is a page of text or a texture, not a number
 LINE_SPAN = 0.8  # a run of ink this much of the image long is a paper line, not a stroke
 # How far from level a photographed paper line runs (tilt of the phone, bowing of the page).
-LINE_SLOPES = tuple(np.tan(np.radians([-4.5, -3.0, -1.5, 0.0, 1.5, 3.0, 4.5])).tolist())
+LINE_ANGLES = (-4.5, -3.0, -1.5, 0.0, 1.5, 3.0, 4.5)  # degrees
+LINE_SLOPES = tuple(np.tan(np.radians(LINE_ANGLES)).tolist())
+MAX_LINE_TILT = 15  # degrees; lines further off than LINE_ANGLES (a notebook photographed askew) up to this
 MAX_LEAN = 15  # degrees from upright that MNIST's writers lean, and the model learnt (with augmentation)
 MIN_INK_CONTRAST = 0.08  # ink at least this much darker (or lighter) than the paper, in [0, 1] gray levels
 PAGE_CONTRAST = 0.12  # a page stands out this much (gray levels) from the desk or screen around it,
@@ -327,6 +329,7 @@ class InkMap:
     solid: float  # the contrast of a solid stroke (of the brightest ink where the mask is empty)
     dark_ink: bool
     lines: np.ndarray  # bool (H, W): the paper lines line removal took away
+    tilts: tuple[float, float]  # of the upright and level lines, when beyond LINE_ANGLES (line_tilts)
 
 
 def ink_map(gray: np.ndarray) -> InkMap:
@@ -341,13 +344,14 @@ def ink_map(gray: np.ndarray) -> InkMap:
     # ink itself, so it may not rise above half the contrast of the darkest strokes.
     floor = max(min(noise, 0.5 * np.percentile(sample, 99.95)), MIN_INK_CONTRAST / 2)
     above = ink > floor
-    lines = find_lines(above)[0]
+    tilts = line_tilts(above)
+    lines = find_lines(above, tilts=tilts)[0]
     candidates = remove_lines(above, lines)
     strong = ink[candidates]
     solid = float(np.percentile(strong, 90) if strong.size else np.percentile(ink, 99.9))
     if solid < MIN_INK_CONTRAST:
-        return InkMap(np.zeros(ink.shape, bool), ink, solid, dark_ink, lines)
-    return InkMap(candidates & (ink > 0.4 * solid), ink, solid, dark_ink, lines)
+        return InkMap(np.zeros(ink.shape, bool), ink, solid, dark_ink, lines, tilts)
+    return InkMap(candidates & (ink > 0.4 * solid), ink, solid, dark_ink, lines, tilts)
 
 
 def ink_masks(ink: InkMap) -> Iterator[np.ndarray]:
@@ -374,7 +378,7 @@ def _puts_back_lines(mask: np.ndarray, ink: InkMap) -> bool:
     away from the digit: a faint mask may hold only the darker part of each (lit by a flash), too short to
     be found as a line again."""
     (in_added, added_counts), (in_mask, mask_counts) = (
-        find_lines(ink_in, widest=0.03) for ink_in in (mask & ~ink.mask, mask)
+        find_lines(ink_in, widest=0.03, tilts=ink.tilts) for ink_in in (mask & ~ink.mask, mask)
     )
     counts = np.maximum(added_counts, mask_counts)  # upright, level
     near = ndimage.binary_dilation(ink.mask, iterations=3)
@@ -466,7 +470,9 @@ def remove_lines(mask: np.ndarray, lines: np.ndarray | None = None) -> np.ndarra
     return cleaned
 
 
-def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, tuple[int, int]]:
+def find_lines(
+    mask: np.ndarray, widest: float = 0.015, tilts: tuple[float, float] | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Ruled or squared paper lines in `mask`: thin ink (at most `widest` of the image across it, and a
     pixel at half resolution) that runs across most of the image. -> (their pixels, how many upright lines
     a row crosses and how many level lines a column crosses, mostly).
@@ -476,20 +482,20 @@ def find_lines(mask: np.ndarray, widest: float = 0.015) -> tuple[np.ndarray, tup
     stroke crosses a line, the stroke is not part of it: the ink there reaches well beyond the line's own
     width. Where two lines cross (squared paper), each is the other's crossing stroke and leaves a gap in
     it: a gap as narrow as the other line, in both, is a crossing and goes too.
+
+    Lines tilted beyond the slopes of LINE_ANGLES are looked for around their tilt (`tilts`, of the upright
+    and the level lines; line_tilts finds them when not given).
     """
-    # Lines are found at half resolution (2x2 blocks with any ink): a quarter of the work, and a thin line
-    # stays a line. An odd last row or column is a block of its own: a line may run along the edge.
-    h, w = mask.shape[0] + mask.shape[0] % 2, mask.shape[1] + mask.shape[1] % 2
-    even = np.zeros((h, w), bool)
-    even[: mask.shape[0], : mask.shape[1]] = mask
-    small = even.reshape(h // 2, 2, w // 2, 2).any(axis=(1, 3))
+    small = _half_size(mask)
+    tilts = _tilts(small) if tilts is None else tilts
     removed, crossed = np.zeros_like(small), [0, 0]
     both = []  # per axis (upright lines first): the lines removed from `small`, and their width
     for axis in (0, 1):
         if not _may_have_lines(small, axis):
             continue
         along = small if axis == 1 else small.T  # lines run along axis 1 from here on
-        lines, width, count = _lines_along(along, widest)
+        slopes = _slopes_around(tilts[axis]) if tilts[axis] else LINE_SLOPES
+        lines, width, count = _lines_along(along, widest, slopes)
         if count:
             # Beyond the image is paper: a line along its edge is not a stroke crossing it.
             crossing = ndimage.uniform_filter1d(
@@ -527,12 +533,62 @@ def _beside(mask: np.ndarray, reach: int, axis: int) -> tuple[np.ndarray, np.nda
     return before, after
 
 
-def _lines_along(along: np.ndarray, widest: float) -> tuple[np.ndarray, int, int]:
-    """The lines running along axis 1 of `along` (see find_lines) -> (their pixels, width, count)."""
+def _half_size(mask: np.ndarray) -> np.ndarray:
+    """Lines are found at half resolution (2x2 blocks with any ink): a quarter of the work, and a thin line
+    stays a line. An odd last row or column is a block of its own: a line may run along the edge."""
+    h, w = mask.shape[0] + mask.shape[0] % 2, mask.shape[1] + mask.shape[1] % 2
+    even = np.zeros((h, w), bool)
+    even[: mask.shape[0], : mask.shape[1]] = mask
+    return even.reshape(h // 2, 2, w // 2, 2).any(axis=(1, 3))
+
+
+def line_tilts(mask: np.ndarray) -> tuple[float, float]:
+    """How far off upright and off level the paper lines in `mask` run, in degrees, where that is further
+    than LINE_ANGLES reach (else 0): found once for a photo, for each find_lines on its masks."""
+    return _tilts(_half_size(mask))
+
+
+def _tilts(small: np.ndarray) -> tuple[float, float]:
+    """From the level lines alone: a page turned so tilts its upright ones as far the other way (squared
+    paper), and a digit's strokes are more often upright than level."""
+    level = _line_tilt(small) if _may_have_lines(small, 1) else 0.0
+    return -level, level
+
+
+def _line_tilt(along: np.ndarray) -> float:
+    """How far off level (degrees, whole ones up to MAX_LINE_TILT either way) lines run along axis 1 of
+    `along` when they run further off than LINE_ANGLES reach, else 0. Sheared level, a line's pixels fill
+    one band of rows across the image: at half the size again (2x2 blocks with any ink), a band as thick as
+    a degree off makes it. Only a tilt whose band is filled clearly better than any within LINE_ANGLES
+    counts: squared paper fills many bands at many tilts."""
+    small = _half_size(along)
+    if small.shape[1] < 8:
+        return 0.0
+    band = math.ceil(np.tan(np.radians(1.0)) * small.shape[1]) + 1
+    ys, xs = np.nonzero(small)
+    filled = {}
+    for angle in range(-MAX_LINE_TILT, MAX_LINE_TILT + 1):
+        sheared = np.zeros_like(small)  # as _shear does, without its cache of shifts: 31 tilts
+        sheared[(ys - np.round(np.tan(np.radians(angle)) * xs).astype(np.intp)) % small.shape[0], xs] = True
+        filled[float(angle)] = ndimage.maximum_filter1d(sheared, band, axis=0).mean(axis=1).max()
+    best = max(filled.values())
+    tilt = float(np.median([angle for angle, fill in filled.items() if fill == best]))  # the middle of a tie
+    level = max(fill for angle, fill in filled.items() if abs(angle) <= LINE_ANGLES[-1])
+    return tilt if abs(tilt) > LINE_ANGLES[-1] and best >= max(LINE_SPAN, level + 0.1) else 0.0
+
+
+def _slopes_around(tilt: float) -> tuple[float, ...]:
+    """LINE_ANGLES turned by `tilt` degrees, as slopes."""
+    return tuple(np.tan(np.radians(np.add(LINE_ANGLES, tilt))).tolist())
+
+
+def _lines_along(along: np.ndarray, widest: float, slopes: tuple[float, ...]) -> tuple[np.ndarray, int, int]:
+    """The lines running along axis 1 of `along` (see find_lines), found at `slopes` -> (their pixels,
+    width, count)."""
     height, length = along.shape
     run = max(8, length // 8)
     line = np.zeros_like(along)
-    for slope in LINE_SLOPES:
+    for slope in slopes:
         line |= _shear(_level_runs(_shear(along, slope), run), slope, sign=-1)
     # Pieces of one line found at different slopes, or broken where it bows, are chained across gaps; so
     # are the lines a digit's strokes touch, and a stroke beside a line.
