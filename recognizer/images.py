@@ -26,10 +26,6 @@ MAX_PIXELS = 50_000_000  # JPEG, HEIF: beyond this a "photo" is a decompression 
 # Other formats are decoded whole (4 bytes a pixel for colour): 24 MP is at most 96 MB, and the steps below
 # add at most one 8-bit plane to it, so any accepted file costs < 150 MB more than a normal photo.
 MAX_DECODED_PIXELS = 24_000_000
-# HEIF is decoded whole too, and costs more (libheif's planes beside Pillow's copy: up to 350 MB at 50 MP),
-# but phones save it at 24 MP (5712x4284: iPhones since the 15, by default) and 48 MP, and send it so as a
-# file: at 24 MP, a photo straight from the camera was refused as "too large".
-PHONE_FORMATS = (*REDUCED_WHILE_DECODING, "HEIF")
 WORK_SIZE = 640  # longest side the pipeline works at; enough for digits, fast on 2 cores
 # An image drawn near MNIST's own size (its shortest side under SMALL_IMAGE px: a digit, or a number's row of
 # them) is enlarged by a whole factor towards MIN_WORK_SIZE: binarised at 28-40 px, a pixel or two of
@@ -70,9 +66,12 @@ def _open(source: bytes | str | Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
-            width, height = image.size
-            limit = MAX_PIXELS if image.format in PHONE_FORMATS else MAX_DECODED_PIXELS
-            if width * height > limit:
+            # libheif decodes an alpha plane at its own size, which nothing shows before decoding (14 KB with
+            # a 32768x32768 one took 1.7 GB), and no phone camera saves one.
+            if image.format == "HEIF" and "A" in image.getbands():
+                raise ImageError("HEIF with transparency is not supported")
+            width, height = _decoded_size(image)
+            if width * height > _pixel_limit(image):
                 raise ImageError(f"image is too large ({width}x{height} pixels)")
             return image
     except ImageError:
@@ -83,6 +82,25 @@ def _open(source: bytes | str | Path) -> Image.Image:
         raise ImageError("image is too large") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:  # a header cut short or mangled
         raise ImageError(f"corrupted or unsupported image ({exc.__class__.__name__})") from None
+
+
+def _decoded_size(image: Image.Image) -> tuple[int, int]:
+    """The size the decoder allocates: a HEIF grid's whole size, however small the crop it shows (a few KB
+    of grid, cropped to 640x480, took 1.7 GB)."""
+    tiling = image.info.get("tiling") or {}  # pillow_heif's, for a grid
+    return max(image.width, tiling.get("image_width", 0)), max(image.height, tiling.get("image_height", 0))
+
+
+def _pixel_limit(image: Image.Image) -> int:
+    """MAX_PIXELS for JPEG, and for HEIF as phones save it (8 bits): decoded whole, it costs more
+    (libheif's planes beside Pillow's copy: 340 MB at 48 MP), but phones save it at 24 MP (5712x4284, iPhones
+    since the 15 by default) and 48 MP and send it so as a file, and at 24 MP a photo straight from the
+    camera was refused as "too large". 10 bits cost up to 2.3 times as much (4:4:4): MAX_DECODED_PIXELS."""
+    if image.format in REDUCED_WHILE_DECODING:
+        return MAX_PIXELS
+    if image.format == "HEIF" and image.info.get("bit_depth") == 8 and image.mode in ("RGB", "L"):
+        return MAX_PIXELS
+    return MAX_DECODED_PIXELS
 
 
 def _shrunk_gray(image: Image.Image, work_size: int) -> Image.Image:
@@ -136,7 +154,7 @@ def decode_image(source: bytes | str | Path, work_size: int = WORK_SIZE) -> np.n
     SMALL_IMAGE)."""
     image = _open(source)
     try:
-        image.seek(0)  # GIF and TIFF: the first frame
+        # Opened at the first frame (GIF, TIFF), a HEIF at its primary image, whose size _open checked.
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)  # gone once the image is shrunk
         if image.format in REDUCED_WHILE_DECODING:
             scale = work_size / max(image.size)
@@ -145,7 +163,9 @@ def decode_image(source: bytes | str | Path, work_size: int = WORK_SIZE) -> np.n
         if orientation in UPRIGHT:
             image = image.transpose(UPRIGHT[orientation])
         array = np.asarray(image, dtype=np.float32) / 255.0
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except MemoryError:
+        raise ImageError("image is too large") from None
+    except (OSError, ValueError, SyntaxError, EOFError, RuntimeError) as exc:  # RuntimeError: libheif's
         raise ImageError(f"corrupted or unsupported image ({exc.__class__.__name__})") from None
     if min(array.shape) < 8:
         raise ImageError(f"image is too small ({array.shape[1]}x{array.shape[0]} pixels)")

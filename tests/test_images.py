@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pillow_heif
 import pytest
 from PIL import Image
 
@@ -158,12 +159,16 @@ def test_any_accepted_png_costs_less_than_150_mb_more_than_a_normal_photo(tmp_pa
 @pytest.fixture(scope="module")
 def heic_photos(seven, tmp_path_factory):
     """The seven as a phone saves a photo as HEIF: at 24 MP (an iPhone's default since the 15), 48 MP, and
-    just over MAX_PIXELS."""
+    just over MAX_PIXELS; and in 10 bits just over MAX_DECODED_PIXELS."""
     folder = tmp_path_factory.mktemp("heic")
     photos = {}
     for name, size in [("24mp", (5712, 4284)), ("48mp", (8064, 6048)), ("over", (7200, 7000))]:
         photos[name] = folder / f"{name}.heic"
         seven.resize(size, Image.Resampling.BILINEAR).convert("RGB").save(photos[name], quality=50)
+    photos["10bit"] = folder / "10bit.heic"
+    rgb16 = np.full((5000, 5000, 3), 200 * 257, np.uint16)
+    ten_bits = pillow_heif.from_bytes(mode="RGB;16", size=(5000, 5000), data=rgb16.tobytes())
+    ten_bits.save(photos["10bit"], quality=50)
     return photos
 
 
@@ -179,9 +184,39 @@ def test_heic_costs_less_than_400_mb_more_than_a_normal_photo_and_larger_is_refu
     assert MAX_PIXELS < 7200 * 7000
     with pytest.raises(ImageError, match="too large"):
         decode_image(heic_photos["over"])
+    # In 10 bits decoding costs up to 2.3 times as much: these have the 24 MP of other formats.
+    assert MAX_DECODED_PIXELS < 5000 * 5000 < MAX_PIXELS
+    with pytest.raises(ImageError, match="too large"):
+        decode_image(heic_photos["10bit"])
     normal = tmp_path / "normal.jpg"
     normal.write_bytes(encode(Image.new("RGB", (1280, 960), (236, 233, 225)), "JPEG"))
     assert peak_rss_mb(heic_photos["48mp"]) - peak_rss_mb(normal) < 400
+
+
+def test_a_heic_with_transparency_is_refused(seven):
+    """libheif decodes an alpha plane at its own size, which nothing shows before decoding: a 2048x2048
+    image with a 32768x32768 alpha plane, 14 KB, took 1.7 GB."""
+    with pytest.raises(ImageError, match="transparency"):
+        decode_image(encode(seven.convert("RGBA"), "HEIF"))
+
+
+def test_a_heic_grid_is_checked_at_its_whole_size():
+    """A HEIF grid is decoded whole, then cropped: this one is an 8x8 grid of one 2048x2048 HEVC tile, cropped
+    (its clap box) to 640x480, in 5.8 KB (boxes written by hand). It opens as 640x480, and decoding it took
+    520 MB (32768x32768: 1.7 GB)."""
+    with pytest.raises(ImageError, match=r"too large \(16384x16384"):
+        decode_image(ROOT / "tests" / "data" / "grid_16384px_cropped_to_640x480.heic")
+
+
+def test_a_heic_is_read_at_its_primary_image_not_its_first(seven, tmp_path):
+    """The size checked is the primary image's (what Pillow opens): the first may be any size (81 MP took
+    650 MB)."""
+    photo = pillow_heif.from_pillow(Image.new("RGB", (96, 64), (90, 90, 90)))
+    photo.add_from_pillow(seven.convert("RGB"))
+    photo.save(tmp_path / "two.heic", primary_index=1, quality=90)
+    gray = decode_image(tmp_path / "two.heic")
+    assert gray.shape == (seven.height, seven.width)
+    assert np.abs(gray - np.asarray(seven, np.float32) / 255).mean() < 0.03
 
 
 @pytest.mark.parametrize(
