@@ -552,29 +552,34 @@ def _tilts(small: np.ndarray) -> tuple[float, float]:
     """From the level lines alone: a page turned so tilts its upright ones as far the other way (squared
     paper), and a digit's strokes are more often upright than level."""
     level = _line_tilt(small) if _may_have_lines(small, 1) else 0.0
-    return -level, level
+    return (-level if level else 0.0), level
 
 
 def _line_tilt(along: np.ndarray) -> float:
-    """How far off level (degrees, whole ones up to MAX_LINE_TILT either way) lines run along axis 1 of
-    `along` when they run further off than LINE_ANGLES reach, else 0. Sheared level, a line's pixels fill
-    one band of rows across the image: at half the size again (2x2 blocks with any ink), a band as thick as
-    a degree off makes it. Only a tilt whose band is filled clearly better than any within LINE_ANGLES
-    counts: squared paper fills many bands at many tilts."""
+    """How far off level (degrees, up to MAX_LINE_TILT either way) lines run along axis 1 of `along` when
+    they run further off than LINE_ANGLES reach, else 0. Sheared level, a line's pixels fill one band of rows
+    across the image: at half the size again (2x2 blocks with any ink), a band as thick as a degree off
+    makes it. Only a tilt whose band is filled clearly better than any within LINE_ANGLES counts (squared
+    paper fills many bands at many tilts), and only where two bands or more are lines: one long straight
+    stroke across a close crop (a 4's bar drawn with a thin pen) is no ruled paper."""
     small = _half_size(along)
     if small.shape[1] < 8:
         return 0.0
     band = math.ceil(np.tan(np.radians(1.0)) * small.shape[1]) + 1
     ys, xs = np.nonzero(small)
-    filled = {}
+    filled = {}  # angle -> the share of the image's width each band of rows covers
     for angle in range(-MAX_LINE_TILT, MAX_LINE_TILT + 1):
         sheared = np.zeros_like(small)  # as _shear does, without its cache of shifts: 31 tilts
         sheared[(ys - np.round(np.tan(np.radians(angle)) * xs).astype(np.intp)) % small.shape[0], xs] = True
-        filled[float(angle)] = ndimage.maximum_filter1d(sheared, band, axis=0).mean(axis=1).max()
-    best = max(filled.values())
-    tilt = float(np.median([angle for angle, fill in filled.items() if fill == best]))  # the middle of a tie
-    level = max(fill for angle, fill in filled.items() if abs(angle) <= LINE_ANGLES[-1])
-    return tilt if abs(tilt) > LINE_ANGLES[-1] and best >= max(LINE_SPAN, level + 0.1) else 0.0
+        filled[float(angle)] = ndimage.maximum_filter1d(sheared, band, axis=0).mean(axis=1)
+    best = max(rows.max() for rows in filled.values())
+    ties = [angle for angle, rows in filled.items() if rows.max() == best]
+    tilt = float(np.median(ties))  # the middle of a tie
+    level = max(rows.max() for angle, rows in filled.items() if abs(angle) <= LINE_ANGLES[-1])
+    if abs(tilt) <= LINE_ANGLES[-1] or best < max(LINE_SPAN, level + 0.1):
+        return 0.0
+    lines = ndimage.label(filled[min(ties, key=lambda angle: abs(angle - tilt))] >= LINE_SPAN)[1]
+    return tilt if lines >= 2 else 0.0
 
 
 def _slopes_around(tilt: float) -> tuple[float, ...]:
