@@ -220,11 +220,16 @@ def test_hot_swap_under_concurrent_requests_drops_nothing(tiny_model, mnist):
     threads = [threading.Thread(target=user) for _ in range(4)]
     for t in threads:
         t.start()
-    for i in range(40):
-        live.swap(models[2 - i % 2], 2 - i % 2)
+    # Swapping as long as requests run, however slowly a loaded machine runs them: a fixed number of swaps
+    # could end before the threads read once, and only one version would be seen.
+    deadline, swaps = time.monotonic() + 120, 0
+    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        live.swap(models[2 - swaps % 2], 2 - swaps % 2)
+        swaps += 1
         time.sleep(0.005)
     for t in threads:
-        t.join()
+        t.join(timeout=5)
+    assert not any(t.is_alive() for t in threads), "requests hung during swaps"
     assert errors == [] and len(results) == 60
     assert {version for version, _, _ in results} == {1, 2}  # requests did run on both sides of swaps
     assert all(
