@@ -329,7 +329,7 @@ class InkMap:
     solid: float  # the contrast of a solid stroke (of the brightest ink where the mask is empty)
     dark_ink: bool
     lines: np.ndarray  # bool (H, W): the paper lines line removal took away
-    tilts: tuple[float, float]  # of the upright and level lines, when beyond LINE_ANGLES (line_tilts)
+    tilt: float  # degrees off level of the paper lines, when beyond LINE_ANGLES (line_tilt)
 
 
 def ink_map(gray: np.ndarray) -> InkMap:
@@ -344,14 +344,14 @@ def ink_map(gray: np.ndarray) -> InkMap:
     # ink itself, so it may not rise above half the contrast of the darkest strokes.
     floor = max(min(noise, 0.5 * np.percentile(sample, 99.95)), MIN_INK_CONTRAST / 2)
     above = ink > floor
-    tilts = line_tilts(above)
-    lines = find_lines(above, tilts=tilts)[0]
+    tilt = line_tilt(above)
+    lines = find_lines(above, tilt=tilt)[0]
     candidates = remove_lines(above, lines)
     strong = ink[candidates]
     solid = float(np.percentile(strong, 90) if strong.size else np.percentile(ink, 99.9))
     if solid < MIN_INK_CONTRAST:
-        return InkMap(np.zeros(ink.shape, bool), ink, solid, dark_ink, lines, tilts)
-    return InkMap(candidates & (ink > 0.4 * solid), ink, solid, dark_ink, lines, tilts)
+        return InkMap(np.zeros(ink.shape, bool), ink, solid, dark_ink, lines, tilt)
+    return InkMap(candidates & (ink > 0.4 * solid), ink, solid, dark_ink, lines, tilt)
 
 
 def ink_masks(ink: InkMap) -> Iterator[np.ndarray]:
@@ -378,7 +378,7 @@ def _puts_back_lines(mask: np.ndarray, ink: InkMap) -> bool:
     away from the digit: a faint mask may hold only the darker part of each (lit by a flash), too short to
     be found as a line again."""
     (in_added, added_counts), (in_mask, mask_counts) = (
-        find_lines(ink_in, widest=0.03, tilts=ink.tilts) for ink_in in (mask & ~ink.mask, mask)
+        find_lines(ink_in, widest=0.03, tilt=ink.tilt) for ink_in in (mask & ~ink.mask, mask)
     )
     counts = np.maximum(added_counts, mask_counts)  # upright, level
     near = ndimage.binary_dilation(ink.mask, iterations=3)
@@ -471,7 +471,7 @@ def remove_lines(mask: np.ndarray, lines: np.ndarray | None = None) -> np.ndarra
 
 
 def find_lines(
-    mask: np.ndarray, widest: float = 0.015, tilts: tuple[float, float] | None = None
+    mask: np.ndarray, widest: float = 0.015, tilt: float | None = None
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Ruled or squared paper lines in `mask`: thin ink (at most `widest` of the image across it, and a
     pixel at half resolution) that runs across most of the image. -> (their pixels, how many upright lines
@@ -483,18 +483,18 @@ def find_lines(
     width. Where two lines cross (squared paper), each is the other's crossing stroke and leaves a gap in
     it: a gap as narrow as the other line, in both, is a crossing and goes too.
 
-    Lines tilted beyond the slopes of LINE_ANGLES are looked for around their tilt (`tilts`, of the upright
-    and the level lines; line_tilts finds them when not given).
+    Lines tilted beyond the slopes of LINE_ANGLES are looked for around their tilt (`tilt`, of the level
+    lines; line_tilt finds it when not given): a page turned so tilts its upright lines as far the other way.
     """
     small = _half_size(mask)
-    tilts = _tilts(small) if tilts is None else tilts
+    tilt = _line_tilt(small) if tilt is None else tilt
     removed, crossed = np.zeros_like(small), [0, 0]
     both = []  # per axis (upright lines first): the lines removed from `small`, and their width
     for axis in (0, 1):
         if not _may_have_lines(small, axis):
             continue
         along = small if axis == 1 else small.T  # lines run along axis 1 from here on
-        slopes = _slopes_around(tilts[axis]) if tilts[axis] else LINE_SLOPES
+        slopes = _slopes_around(tilt if axis == 1 else -tilt) if tilt else LINE_SLOPES
         lines, width, count = _lines_along(along, widest, slopes)
         if count:
             # Beyond the image is paper: a line along its edge is not a stroke crossing it.
@@ -542,17 +542,11 @@ def _half_size(mask: np.ndarray) -> np.ndarray:
     return even.reshape(h // 2, 2, w // 2, 2).any(axis=(1, 3))
 
 
-def line_tilts(mask: np.ndarray) -> tuple[float, float]:
-    """How far off upright and off level the paper lines in `mask` run, in degrees, where that is further
-    than LINE_ANGLES reach (else 0): found once for a photo, for each find_lines on its masks."""
-    return _tilts(_half_size(mask))
-
-
-def _tilts(small: np.ndarray) -> tuple[float, float]:
-    """From the level lines alone: a page turned so tilts its upright ones as far the other way (squared
-    paper), and a digit's strokes are more often upright than level."""
-    level = _line_tilt(small) if _may_have_lines(small, 1) else 0.0
-    return (-level if level else 0.0), level
+def line_tilt(mask: np.ndarray) -> float:
+    """How far off level the paper lines in `mask` run, in degrees, where that is further than LINE_ANGLES
+    reach (else 0): found once for a photo, for each find_lines on its masks. From the level lines alone: a
+    digit's strokes are more often upright than level."""
+    return _line_tilt(_half_size(mask))
 
 
 def _line_tilt(along: np.ndarray) -> float:
@@ -562,6 +556,8 @@ def _line_tilt(along: np.ndarray) -> float:
     makes it. Only a tilt whose band is filled clearly better than any within LINE_ANGLES counts (squared
     paper fills many bands at many tilts), and only where two bands or more are lines: one long straight
     stroke across a close crop (a 4's bar drawn with a thin pen) is no ruled paper."""
+    if not _may_have_lines(along, 1):
+        return 0.0
     small = _half_size(along)
     if small.shape[1] < 8:
         return 0.0
