@@ -33,6 +33,7 @@ PAGE_FILL = 0.85  # fills at least this share of a rectangle,
 PAGE_ASPECT = 3.0  # no longer than this times its width (a bold 1 filling a close crop is a long bar),
 PAGE_INK_WIDTH = 0.25  # and what is on it like the desk is no wider than this share of it (a bold 0's loop)
 PAGE_TILTS = np.arange(-20.0, 20.1, 2.5)  # degrees a page may be turned in the photo
+PAGE_BRIDGE = 2  # coarse pixels: paper lines and strokes this thin are bridged when they cut a page
 SMALLEST_PAGE_PHOTO = 128  # px; smaller images are crops and drawings (a bold 28 px 0, filled, is a square)
 TOUCHING_ASPECT = 0.6  # a mark at least this many times as wide as tall may be two touching digits ("18"),
 TOUCHING_HEIGHT = 0.8  # each of them at least this share of its height (half a slanted 8 is a 0, 55% as tall)
@@ -140,36 +141,13 @@ def within_page(gray: np.ndarray) -> np.ndarray:
         return gray
     lighter, darker = (np.logical_or.reduce([side * away > 1 for away in found]) for side in (1, -1))
     standing_out = lighter | darker
-    labels, count = ndimage.label(ndimage.binary_fill_holes(standing_out))
-    if count == 0:
+    # Paper lines and strokes as dark as the desk, running off the page's edge, cut it into pieces that fill
+    # no rectangle (squared paper turned on a desk): bridged, where the page is not found without. Only then:
+    # bridging also joins bits of a grainy desk to the page.
+    located = _page(standing_out, lighter, darker) or _page(standing_out, lighter, darker, bridged=True)
+    if located is None:
         return gray
-    sizes = ndimage.sum_labels(np.ones(labels.shape), labels, np.arange(1, count + 1))
-    region = labels == 1 + int(np.argmax(sizes))
-    # Bits of a flash-lit desk's grain, standing out as the page does, touch it and would stretch it over the
-    # desk: opened away. Less from a small region: an opening clips a small page's turned corners, and takes
-    # from a shadow on a sheet with no desk the strokes (as dark) that keep it from filling a rectangle. What
-    # stands out the other way (ink) stays, but for specks: strokes touching a lamp's bright spot on a sheet.
-    other = region & (darker if lighter[region].sum() >= darker[region].sum() else lighter)
-    marks, _ = ndimage.label(other, _EIGHT_CONNECTED)
-    kept = ndimage.sum_labels(other, marks, np.arange(1, marks.max() + 1)) >= 0.01 * region.sum()
-    other = np.isin(marks, 1 + np.flatnonzero(kept))
-    size = int(np.clip(np.sqrt(region.sum()) / 20, 1, 3))
-    page = ndimage.binary_opening(region & ~other, _EIGHT_CONNECTED, iterations=size) | other
-    top, bottom, left, right = (bool(side.any()) for side in (page[0], page[-1], page[:, 0], page[:, -1]))
-    if (
-        page.sum() < MIN_PAGE * coarse.size  # most photos end here: their largest such region is a digit
-        # The desk is a strip along one side (the rest of the pipeline takes it for a shadow), or the "page"
-        # is the lit (or shaded) band across the photo by a shadow: a page shows the desk on 2 adjacent sides.
-        or top + bottom + left + right > 2
-        or (top and bottom)
-        or (left and right)
-        or standing_out[page].mean() < 0.8
-    ):
-        return gray
-    fill, length, width, tilt = _rectangle(page)
-    widest_ink = 2 * float(ndimage.distance_transform_edt(page & ~standing_out).max())
-    if fill < PAGE_FILL or length > PAGE_ASPECT * width or widest_ink > PAGE_INK_WIDTH * width:
-        return gray
+    page, tilt = located
     # Its convex hull: a stroke running off the page's edge, dark as the desk, cuts into the region.
     points = np.argwhere(page)[:, ::-1]  # (x, y)
     outline = Image.new("1", page.shape[::-1])
@@ -200,6 +178,50 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     turned = ndimage.rotate(cut.astype(np.float32), tilt, reshape=False, order=1, mode="nearest")
     upright = ndimage.find_objects(np.asarray(Image.fromarray(hull[box]).rotate(tilt), np.int8))[0]
     return turned[_full_size(upright, factor)]
+
+
+def _page(
+    standing_out: np.ndarray, lighter: np.ndarray, darker: np.ndarray, bridged: bool = False
+) -> tuple[np.ndarray, float] | None:
+    """within_page's page in `standing_out` (at a quarter of the resolution) and its tilt; None where there
+    is none. `bridged`: its parts joined across gaps PAGE_BRIDGE wide, which may be up to a third of it (a
+    bold grid's lines and a stroke: a quarter; a comb of thin strokes, bridged into a block: half)."""
+    joined = (
+        standing_out | ndimage.binary_closing(standing_out, iterations=PAGE_BRIDGE)
+        if bridged
+        else standing_out
+    )
+    labels, count = ndimage.label(ndimage.binary_fill_holes(joined))
+    if count == 0:
+        return None
+    sizes = ndimage.sum_labels(np.ones(labels.shape), labels, np.arange(1, count + 1))
+    region = labels == 1 + int(np.argmax(sizes))
+    # Bits of a flash-lit desk's grain, standing out as the page does, touch it and would stretch it over the
+    # desk: opened away. Less from a small region: an opening clips a small page's turned corners, and takes
+    # from a shadow on a sheet with no desk the strokes (as dark) that keep it from filling a rectangle. What
+    # stands out the other way (ink) stays, but for specks: strokes touching a lamp's bright spot on a sheet.
+    other = region & (darker if lighter[region].sum() >= darker[region].sum() else lighter)
+    marks, _ = ndimage.label(other, _EIGHT_CONNECTED)
+    kept = ndimage.sum_labels(other, marks, np.arange(1, marks.max() + 1)) >= 0.01 * region.sum()
+    other = np.isin(marks, 1 + np.flatnonzero(kept))
+    size = int(np.clip(np.sqrt(region.sum()) / 20, 1, 3))
+    page = ndimage.binary_opening(region & ~other, _EIGHT_CONNECTED, iterations=size) | other
+    top, bottom, left, right = (bool(side.any()) for side in (page[0], page[-1], page[:, 0], page[:, -1]))
+    if (
+        page.sum() < MIN_PAGE * page.size  # most photos end here: their largest such region is a digit
+        # The desk is a strip along one side (the rest of the pipeline takes it for a shadow), or the "page"
+        # is the lit (or shaded) band across the photo by a shadow: a page shows the desk on 2 adjacent sides.
+        or top + bottom + left + right > 2
+        or (top and bottom)
+        or (left and right)
+        or standing_out[page].mean() < (2 / 3 if bridged else 0.8)
+    ):
+        return None
+    fill, length, width, tilt = _rectangle(page)
+    widest_ink = 2 * float(ndimage.distance_transform_edt(page & ~standing_out).max())
+    if fill < PAGE_FILL or length > PAGE_ASPECT * width or widest_ink > PAGE_INK_WIDTH * width:
+        return None
+    return page, tilt
 
 
 def _full_size(box: tuple[slice, ...], factor: int) -> tuple[slice, ...]:

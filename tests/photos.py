@@ -141,14 +141,24 @@ def sheet_on_a_desk(mnist, index: int) -> bytes:
 
 
 def small_sheet_on_a_desk(
-    mnist, index: int, desk: float, angle: float, paper: float = 1.0, ruled: bool = False
+    mnist,
+    index: int,
+    desk: float,
+    angle: float,
+    paper: float = 1.0,
+    ruled: bool = False,
+    squared: bool = False,
 ) -> np.ndarray:
     """A 300 px sheet of gray level `paper` with a digit (`ruled`: on grey lines 40 px apart, from edge to
-    edge), turned by `angle` degrees, on a grainy desk of gray level `desk` (400x480 floats in [0, 1]), to be
-    lit."""
+    edge; `squared`: on a bold grid, 4 px lines 30 px apart, as grey as a mid-grey desk), turned by `angle`
+    degrees, on a grainy desk of gray level `desk` (400x480 floats in [0, 1]), to be lit."""
     sheet = np.asarray(digit_on_paper(mnist, index, size=(300, 300), height=120), np.float32) * paper
+    # The ink, written over a line, stays.
     if ruled:
-        sheet[20::40] = np.minimum(sheet[20::40], 0.6 * 255 * paper)  # the ink, written over a line, stays
+        sheet[20::40] = np.minimum(sheet[20::40], 0.6 * 255 * paper)
+    for offset in range(15, 19) if squared else ():
+        sheet[offset::30] = np.minimum(sheet[offset::30], 0.55 * 255 * paper)
+        sheet[:, offset::30] = np.minimum(sheet[:, offset::30], 0.55 * 255 * paper)
     turned = Image.fromarray(sheet.astype(np.uint8)).rotate(angle, Image.BILINEAR, expand=True)
     where = Image.new("L", (300, 300), 255).rotate(angle, Image.BILINEAR, expand=True)
     grain = ndimage.zoom(np.random.default_rng(2).normal(0, 0.06, (27, 32)), 16, order=3)[:400, :480]
