@@ -37,7 +37,11 @@ PAGE_FILL = 0.85  # fills at least this share of a rectangle,
 PAGE_ASPECT = 3.0  # no longer than this times its width (a bold 1 filling a close crop is a long bar),
 PAGE_INK_WIDTH = 0.25  # and what is on it like the desk is no wider than this share of it (a bold 0's loop)
 PAGE_TILTS = np.arange(-20.0, 20.1, 2.5)  # degrees a page may be turned in the photo
-PAGE_BRIDGE = 2  # coarse pixels: paper lines and strokes this thin are bridged when they cut a page
+# Paper lines and strokes up to 2 coarse pixels across (8 px at WORK_SIZE) are bridged where they cut a page
+# (a closing, this many iterations), if no piece of it holds more than JOINED_PIECE of what stands out and
+# there are three or more (two bold strokes side by side are two).
+PAGE_BRIDGE = 1
+JOINED_PIECE = 0.6
 SMALLEST_PAGE_PHOTO = 128  # px; smaller images are crops and drawings (a bold 28 px 0, filled, is a square)
 TOUCHING_ASPECT = 0.6  # a mark at least this many times as wide as tall may be two touching digits ("18"),
 TOUCHING_HEIGHT = 0.8  # each of them at least this share of its height (half a slanted 8 is a 0, 55% as tall)
@@ -131,7 +135,8 @@ def within_page(gray: np.ndarray) -> np.ndarray:
     three times as long as wide, standing out itself nearly everywhere, what is on it like the desk pen
     strokes, thin beside the page, and something written on it. A bold digit filling a close crop also
     stands out from its rim: a 1 is a long bar or has nothing on it, a 0 or an 8 is no rectangle, or its
-    loops are wide. Round the page, its own light stands in for the desk; a turned page is turned upright."""
+    loops are wide. Where none is found so, pieces that paper lines as grey as the desk cut it into are joined
+    (`_page`). Round the page, its own light stands in for the desk; a turned page is turned upright."""
     if min(gray.shape) < SMALLEST_PAGE_PHOTO:
         return gray
     factor = 4  # a page is large and its edges straight: a quarter of the resolution finds it
@@ -188,8 +193,11 @@ def _page(
     standing_out: np.ndarray, lighter: np.ndarray, darker: np.ndarray, bridged: bool = False
 ) -> tuple[np.ndarray, float] | None:
     """within_page's page in `standing_out` (at a quarter of the resolution) and its tilt; None where there
-    is none. `bridged`: its parts joined across gaps PAGE_BRIDGE wide, which may be up to a third of it (a
-    bold grid's lines and a stroke: a quarter; a comb of thin strokes, bridged into a block: half)."""
+    is none. `bridged`: pieces joined across thin gaps (PAGE_BRIDGE), which may be up to a third of it (a
+    bold grid's lines and a stroke: a quarter; a comb of thin strokes, bridged into a block: half). Only
+    pieces, three or more: a closing also rounds off a single region's notches (a shadow or a lamp's spot on
+    a sheet filling the photo, one piece, then passed for a page), and joins two bold strokes side by side
+    (a marker's "11" was a dark page with a light 1 on it)."""
     joined = (
         standing_out | ndimage.binary_closing(standing_out, iterations=PAGE_BRIDGE)
         if bridged
@@ -225,6 +233,11 @@ def _page(
     widest_ink = 2 * float(ndimage.distance_transform_edt(page & ~standing_out).max())
     if fill < PAGE_FILL or length > PAGE_ASPECT * width or widest_ink > PAGE_INK_WIDTH * width:
         return None
+    if bridged:
+        pieces, _ = ndimage.label(standing_out & page)
+        sizes = np.bincount(pieces.ravel())[1:] / (standing_out & page).sum()
+        if sizes.max() > JOINED_PIECE or np.sum(sizes >= 0.01) < 3:
+            return None
     return page, tilt
 
 

@@ -488,9 +488,13 @@ def test_a_lamps_bright_spot_on_a_sheet_is_no_page(mnist, index, spot):
     assert decoded(_lit_sheet(mnist, index, light)).shape == (240, 320)
 
 
-@pytest.mark.parametrize(("index", "corner", "radius"), [(0, (0, 0.3), 0.45), (1, (0, 0), 0.7)])
+@pytest.mark.parametrize(
+    ("index", "corner", "radius"), [(0, (0, 0.3), 0.45), (1, (0, 0), 0.7), (1914, (1, 0.8), 0.69)]
+)
 def test_a_shadow_on_a_sheet_is_no_page(mnist, index, corner, radius):
-    # No desk: a soft-edged shadow over a corner of the sheet, the digit's strokes (as dark) touching it.
+    # No desk: a soft-edged shadow over a corner of the sheet, the digit's strokes (as dark) touching it. The
+    # third, a single region just short of a rectangle, was cut out by the look again with gaps bridged (its
+    # notches closed) until that look was kept to pages in pieces (read "18" for its 8).
     y, x = np.mgrid[:240, :320] / 240
     shade = 1 - 0.65 / (1 + np.exp((np.hypot(y - corner[0], x - corner[1] * 4 / 3) - radius) / 0.02))
     assert decoded(_lit_sheet(mnist, index, shade), "JPEG", quality=80).shape == (240, 320)
@@ -522,6 +526,14 @@ def test_a_comb_of_thin_strokes_is_no_page():
     photo[60:340, 60:340:8] = 0.2
     photo[60:66, 60:340] = 0.2
     assert decoded(photo).shape == (400, 400)
+
+
+@pytest.mark.parametrize("gap", [8, 15])
+def test_two_bold_strokes_side_by_side_are_no_page(gap):
+    # A fat marker's "11": bridged across the gap, the two bars were a dark page with a light 1 on it.
+    photo = np.full((480, 640), 0.93, np.float32)
+    photo[40:440, 233:313] = photo[40:440, 313 + gap : 393 + gap] = 0.1
+    assert decoded(photo).shape == (480, 640)
 
 
 def test_a_desk_along_one_side_stays():
