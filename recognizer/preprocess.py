@@ -24,10 +24,6 @@ LINE_SPAN = 0.8  # a run of ink this much of the image long is a paper line, not
 # How far from level a photographed paper line runs (tilt of the phone, bowing of the page).
 LINE_ANGLES = (-4.5, -3.0, -1.5, 0.0, 1.5, 3.0, 4.5)  # degrees
 LINE_SLOPES = tuple(np.tan(np.radians(LINE_ANGLES)).tolist())
-# Of a solid stroke's contrast: paper lines mostly fainter than this are printed, and a pen's stroke along one
-# is as dark as this.
-FAINT_LINES = 0.5
-PEN_ON_LINE = 0.75
 MAX_LINE_TILT = 15  # degrees; lines further off than LINE_ANGLES (a notebook photographed askew) up to this
 MAX_LEAN = 15  # degrees from upright that MNIST's writers lean, and the model learnt (with augmentation)
 MIN_INK_CONTRAST = 0.08  # ink at least this much darker (or lighter) than the paper, in [0, 1] gray levels
@@ -388,14 +384,6 @@ def ink_map(gray: np.ndarray) -> InkMap:
     candidates = remove_lines(above, lines)
     strong = ink[candidates]
     solid = float(np.percentile(strong, 90) if strong.size else np.percentile(ink, 99.9))
-    # A stroke drawn along a paper line (a 1 beside a grid line) is found with it. Where the printed lines are
-    # much fainter than the pen, what of them is as dark as the strokes, and twice as dark as most of them, is
-    # the pen's; where they are not (a pencil, a lamp lighting some of them), they stay lines.
-    faint = float(np.median(ink[lines])) if lines.any() else np.inf
-    if faint < FAINT_LINES * solid:
-        pen = lines & (ink > PEN_ON_LINE * solid) & (ink > 2 * faint)
-        lines &= ~pen
-        candidates = remove_lines(above, lines)
     if solid < MIN_INK_CONTRAST:
         return InkMap(np.zeros(ink.shape, bool), ink, solid, dark_ink, lines, tilt)
     return InkMap(candidates & (ink > 0.4 * solid), ink, solid, dark_ink, lines, tilt)

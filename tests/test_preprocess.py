@@ -432,38 +432,6 @@ def test_one_straight_bar_is_no_ruled_paper(bars, tilted):
     assert ink_map(gray(page)).tilt == (10 if tilted else 0)
 
 
-def _grid(size: int = 300) -> Image.Image:
-    """Squared paper: printed grey lines, 2 px wide and 50 px apart (at x and y = 25-26, 75-76, ...)."""
-    page = Image.new("L", (size, size), 242)
-    draw = ImageDraw.Draw(page)
-    for k in range(25, size, 50):
-        draw.line([(0, k), (size - 1, k)], fill=150, width=2)
-        draw.line([(k, 0), (k, size - 1)], fill=150, width=2)
-    return page
-
-
-@pytest.mark.parametrize(("gap", "width"), [(0, 2), (1, 3)])
-def test_a_thin_1_along_a_grid_line_stays(gap, width):
-    # Drawn touching a printed line, a thin pen's 1 ran with the line across the page and was taken away with
-    # it; the bits of it left where level lines cross were read "2222". Printed lines are fainter than a pen.
-    page = _grid()
-    ImageDraw.Draw(page).line(
-        [(126 + gap + width // 2, 60), (126 + gap + width // 2, 240)], fill=25, width=width
-    )
-    (digit,) = pipeline(gray(page)).crops
-    assert digit.box[3] - digit.box[1] > 0.55  # the 1 whole: 60% of the page
-
-
-@pytest.mark.parametrize("contrast", [0.35, 0.45])
-def test_grid_lines_as_dark_as_a_pencil_stay_lines(mnist, contrast):
-    # A pencil about as dark as the printed lines: no part of them is the pen's, or the whole grid is ink.
-    glyph = mnist_glyph(mnist.x_test[0], 140)
-    ink = place(glyph, (300, 300), 80, 150 - glyph.shape[1] // 2)
-    (digit,) = pipeline(np.minimum(gray(_grid()), 0.95 - contrast * ink)).crops
-    x0, y0, x1, y1 = digit.box
-    assert 0.25 < x0 < x1 < 0.75 and 0.25 < y0 < y1 < 0.75
-
-
 def _ruled_sheet(mnist, angle: float) -> np.ndarray:
     """A ruled sheet with a digit, turned by `angle` degrees on a dark desk, under even light."""
     return small_sheet_on_a_desk(mnist, 0, 0.3, angle, ruled=True)
