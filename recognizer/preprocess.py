@@ -230,9 +230,10 @@ def _page(
     if fill < PAGE_FILL or length > PAGE_ASPECT * width or widest_ink > PAGE_INK_WIDTH * width:
         return None
     if bridged:
-        pieces, _ = ndimage.label(standing_out & page)
-        sizes = np.bincount(pieces.ravel())[1:] / (standing_out & page).sum()
-        if sizes.max() > JOINED_PIECE or np.sum(sizes >= 0.01) < 3:
+        on_page = standing_out & page
+        pieces, _ = ndimage.label(on_page)
+        shares = np.bincount(pieces.ravel())[1:] / on_page.sum()
+        if shares.max() > JOINED_PIECE or np.sum(shares >= 0.01) < 3:
             return None
     return page, tilt
 
